@@ -1,0 +1,364 @@
+//! The I2_S × I8_S dot kernels, one module per instruction set, behind one
+//! dispatcher that picks the best kernel the CPU supports once, at run time.
+//!
+//! Every kernel computes the exact integer `Σ code·q` over whole 128-weight
+//! blocks (codes 0..=3 as stored, no int16 wrap-around). A weight row is a
+//! sequence of 32-byte blocks, block `i` at byte `i * stride`: the raw I2_S
+//! layout has `stride = 32`, the repacked layout of [`crate::cache`] has
+//! `stride = 32 * tile_rows`.
+//!
+//! `BITNET_STFMA_KERNEL=auto|scalar|avx2|avx512|neon|neon-dotprod` in the
+//! environment, read at first use, or [`force`], selects a kernel explicitly.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::{Error, Result};
+use crate::i2s::{BLOCK_BYTES, QK_I2_S};
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+pub mod scalar;
+
+/// A kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kernel {
+    Scalar = 1,
+    Avx2 = 2,
+    /// AVX-512 F/BW/VL with VNNI (`vpdpbusd`).
+    Avx512 = 3,
+    Neon = 4,
+    /// NEON with the dotprod extension (`sdot`).
+    NeonDotprod = 5,
+}
+
+/// Environment variable that forces a kernel.
+pub const KERNEL_ENV: &str = "BITNET_STFMA_KERNEL";
+
+impl Kernel {
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::Avx512,
+        Kernel::Neon,
+        Kernel::NeonDotprod,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
+            Kernel::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    fn from_u8(v: u8) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The kernels this CPU can run, best last.
+    pub fn supported() -> Vec<Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_supported()).collect()
+    }
+
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2, Kernel::NeonDotprod, Kernel::Neon]
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Kernel::Scalar)
+    }
+}
+
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+/// The kernel in use: forced by [`force`], else by `BITNET_STFMA_KERNEL`
+/// (an unknown or unsupported name falls back to the best kernel, with a
+/// warning on stderr), else the best one.
+pub fn active() -> Kernel {
+    if let Some(k) = Kernel::from_u8(SELECTED.load(Ordering::Relaxed)) {
+        return k;
+    }
+    let k = match std::env::var(KERNEL_ENV) {
+        Ok(name) if !name.trim().is_empty() && !name.trim().eq_ignore_ascii_case("auto") => {
+            match Kernel::from_name(&name) {
+                Some(k) if k.is_supported() => k,
+                _ => {
+                    let best = Kernel::best();
+                    eprintln!(
+                        "bitnet-stfma: {KERNEL_ENV}={name:?} is not a kernel this CPU runs; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            }
+        }
+        _ => Kernel::best(),
+    };
+    // Another thread may have raced us; keep whichever was stored first.
+    match SELECTED.compare_exchange(0, k as u8, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => k,
+        Err(v) => Kernel::from_u8(v).unwrap_or(k),
+    }
+}
+
+/// Forces a kernel (`None`: back to the best one). Fails if the CPU cannot
+/// run it.
+pub fn force(kernel: Option<Kernel>) -> Result<()> {
+    let k = kernel.unwrap_or_else(Kernel::best);
+    if !k.is_supported() {
+        return Err(Error::unsupported(format!("kernel {} is not supported on this CPU", k.name())));
+    }
+    SELECTED.store(k as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Blocks in `y` and a check that `w` holds that many blocks at `stride`.
+fn blocks(w_len: usize, stride: usize, y_len: usize) -> usize {
+    assert!(y_len % QK_I2_S == 0, "activation length {y_len} is not a multiple of {QK_I2_S}");
+    assert!(stride >= BLOCK_BYTES, "block stride {stride} is below {BLOCK_BYTES}");
+    let nb = y_len / QK_I2_S;
+    if nb > 0 {
+        let need = (nb - 1) * stride + BLOCK_BYTES;
+        assert!(w_len >= need, "weight row has {w_len} bytes, {need} needed");
+    }
+    nb
+}
+
+/// Exact `Σ code·q` of one weight row (block `i` at `w[i*stride..]`) and one
+/// activation row, with the active kernel.
+///
+/// # Panics
+/// If `y.len()` is not a multiple of 128 or `w` is too short.
+pub fn dot(w: &[u8], stride: usize, y: &[i8]) -> i32 {
+    dot_with(active(), w, stride, y)
+}
+
+/// [`dot`] with an explicit kernel (falls back to scalar if unsupported).
+pub fn dot_with(k: Kernel, w: &[u8], stride: usize, y: &[i8]) -> i32 {
+    let nb = blocks(w.len(), stride, y.len());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: support checked; bounds checked by `blocks`.
+        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::Neon => unsafe { neon::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_dp(w.as_ptr(), stride, y.as_ptr(), nb) },
+        _ => scalar::dot(w, stride, y),
+    }
+}
+
+/// Four weight rows against one activation row.
+pub fn dot_4rows_with(k: Kernel, w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32; 4] {
+    let nb = blocks(w.iter().map(|r| r.len()).min().unwrap_or(0), stride, y.len());
+    let p = w.map(|r| r.as_ptr());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: support checked; bounds checked by `blocks` on the shortest row.
+        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4rows(p, stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot_4rows(p, stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::Neon => unsafe { neon::dot_4rows(p, stride, y.as_ptr(), nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_4rows_dp(p, stride, y.as_ptr(), nb) },
+        _ => {
+            let _ = p;
+            scalar::dot_4rows(w, stride, y)
+        }
+    }
+}
+
+/// One weight row against four activation rows of equal length.
+pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
+    let len = y[0].len();
+    assert!(y.iter().all(|a| a.len() == len), "activation rows differ in length");
+    let nb = blocks(w.len(), stride, len);
+    let p = y.map(|a| a.as_ptr());
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: support checked; bounds checked by `blocks`.
+        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4acts(w.as_ptr(), stride, p, nb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot_4acts(w.as_ptr(), stride, p, nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::Neon => unsafe { neon::dot_4acts(w.as_ptr(), stride, p, nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_4acts_dp(w.as_ptr(), stride, p, nb) },
+        _ => {
+            let _ = p;
+            scalar::dot_4acts(w, stride, y)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::i2s::{golden_activation, golden_code, pack_codes};
+
+    /// A small deterministic generator (xorshift) for test data.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Self {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn random_case(rng: &mut Rng, n: usize, max_code: u64) -> (Vec<u8>, Vec<i8>) {
+        let codes: Vec<u8> = (0..n).map(|_| (rng.next() % (max_code + 1)) as u8).collect();
+        let mut packed = vec![0; n / 4];
+        pack_codes(&codes, &mut packed).unwrap();
+        (packed, (0..n).map(|_| rng.next() as i8).collect())
+    }
+
+    fn exact(packed: &[u8], y: &[i8]) -> i32 {
+        (0..y.len()).map(|e| crate::i2s::code_at(packed, e) as i32 * y[e] as i32).sum()
+    }
+
+    #[test]
+    fn every_supported_kernel_matches_scalar() {
+        let mut rng = Rng::new(7);
+        for k in Kernel::supported() {
+            for &n in &[128usize, 256, 384, 1024, 2048, 2176, 2560, 4096, 6912] {
+                for max_code in [2, 3] {
+                    let (w, y) = random_case(&mut rng, n, max_code);
+                    let want = exact(&w, &y);
+                    assert_eq!(scalar::dot(&w, 32, &y), want);
+                    assert_eq!(dot_with(k, &w, 32, &y), want, "{} n={n}", k.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_wrap() {
+        for k in Kernel::supported() {
+            for &n in &[4096usize, 8192] {
+                let w = vec![0xAAu8; n / 4]; // all code 2
+                let t = n as i32 * 2;
+                assert_eq!(dot_with(k, &w, 32, &vec![127i8; n]), 127 * t, "{}", k.name());
+                assert_eq!(dot_with(k, &w, 32, &vec![-128i8; n]), -128 * t, "{}", k.name());
+                let w3 = vec![0xFFu8; n / 4]; // code 3, never written but must not wrap
+                assert_eq!(dot_with(k, &w3, 32, &vec![-128i8; n]), -128 * 3 * n as i32);
+            }
+            assert_eq!(dot_with(k, &vec![0xAAu8; 1024], 32, &vec![127i8; 4096]), 1040384);
+        }
+    }
+
+    #[test]
+    fn golden_vectors() {
+        for k in Kernel::supported() {
+            for &(n, want) in &[(128usize, -30), (256, 220), (4096, 1322), (4224, 1043), (6912, 1829), (8192, 2121)] {
+                let codes: Vec<u8> = (0..n).map(golden_code).collect();
+                let mut w = vec![0; n / 4];
+                pack_codes(&codes, &mut w).unwrap();
+                let y: Vec<i8> = (0..n).map(golden_activation).collect();
+                assert_eq!(dot_with(k, &w, 32, &y), want, "{} n={n}", k.name());
+            }
+        }
+    }
+
+    #[test]
+    fn multi_row_forms_and_strides() {
+        let mut rng = Rng::new(11);
+        for k in Kernel::supported() {
+            for &n in &[128usize, 640, 2560, 6912] {
+                let nb = n / 128;
+                // Four rows interleaved block by block (stride 128), as the cache packs them.
+                let rows: Vec<(Vec<u8>, Vec<i8>)> = (0..4).map(|_| random_case(&mut rng, n, 2)).collect();
+                let mut tile = vec![0u8; 4 * n / 4];
+                for b in 0..nb {
+                    for (r, (w, _)) in rows.iter().enumerate() {
+                        tile[b * 128 + r * 32..b * 128 + r * 32 + 32].copy_from_slice(&w[b * 32..b * 32 + 32]);
+                    }
+                }
+                let y = &rows[0].1;
+                let want: Vec<i32> = rows.iter().map(|(w, _)| exact(w, y)).collect();
+                let views = [&tile[..], &tile[32..], &tile[64..], &tile[96..]];
+                assert_eq!(dot_4rows_with(k, views, 128, y).to_vec(), want, "{} n={n}", k.name());
+                for r in 0..4 {
+                    assert_eq!(dot_with(k, views[r], 128, y), want[r]);
+                }
+                let raw = [&rows[0].0[..], &rows[1].0[..], &rows[2].0[..], &rows[3].0[..]];
+                assert_eq!(dot_4rows_with(k, raw, 32, y).to_vec(), want);
+                let acts = [&rows[0].1[..], &rows[1].1[..], &rows[2].1[..], &rows[3].1[..]];
+                let want: Vec<i32> = acts.iter().map(|a| exact(&rows[0].0, a)).collect();
+                assert_eq!(dot_4acts_with(k, &rows[0].0, 32, acts).to_vec(), want, "{}", k.name());
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::from_name(k.name()), Some(k));
+        }
+        assert_eq!(Kernel::from_name("AVX2"), Some(Kernel::Avx2));
+        assert_eq!(Kernel::from_name("sse"), None);
+        assert!(Kernel::best().is_supported());
+    }
+
+    #[test]
+    #[should_panic(expected = "not a multiple of 128")]
+    fn dot_rejects_partial_blocks() {
+        dot(&[0; 32], 32, &[0; 100]);
+    }
+
+    #[test]
+    #[should_panic(expected = "needed")]
+    fn dot_rejects_short_rows() {
+        dot(&[0; 32], 32, &[0; 256]);
+    }
+}
