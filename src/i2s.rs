@@ -50,7 +50,7 @@ pub fn code_at(packed: &[u8], e: usize) -> u8 {
 /// Packs codes (each 0..=3) into the I2_S layout. `codes.len()` must be a
 /// multiple of 128 and `out` exactly `codes.len() / 4` bytes.
 pub fn pack_codes(codes: &[u8], out: &mut [u8]) -> Result<()> {
-    if codes.len() % QK_I2_S != 0 {
+    if !codes.len().is_multiple_of(QK_I2_S) {
         return Err(Error::invalid(format!(
             "weight count {} is not a multiple of {QK_I2_S}",
             codes.len()
@@ -63,7 +63,10 @@ pub fn pack_codes(codes: &[u8], out: &mut [u8]) -> Result<()> {
             codes.len() / 4
         )));
     }
-    for (block, dst) in codes.chunks_exact(QK_I2_S).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+    for (block, dst) in codes
+        .chunks_exact(QK_I2_S)
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+    {
         for (p, byte) in dst.iter_mut().enumerate() {
             *byte = ((block[p] & 3) << 6)
                 | ((block[32 + p] & 3) << 4)
@@ -77,7 +80,10 @@ pub fn pack_codes(codes: &[u8], out: &mut [u8]) -> Result<()> {
 /// Unpacks an I2_S stream into one code per byte (`out.len() == packed.len() * 4`).
 pub fn unpack_codes(packed: &[u8], out: &mut [u8]) {
     assert_eq!(out.len(), packed.len() * 4, "unpack_codes: size mismatch");
-    for (src, block) in packed.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(QK_I2_S)) {
+    for (src, block) in packed
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(QK_I2_S))
+    {
         for (p, &b) in src.iter().enumerate() {
             block[p] = (b >> 6) & 3;
             block[32 + p] = (b >> 4) & 3;
@@ -106,7 +112,7 @@ pub fn quantize_i2_s(src: &[f32], nrow: usize, n_per_row: usize, dst: &mut [u8])
     if n == 0 {
         return Err(Error::invalid("quantize_i2_s: empty tensor"));
     }
-    if n_per_row % QK_I2_S != 0 {
+    if !n_per_row.is_multiple_of(QK_I2_S) {
         return Err(Error::invalid(format!(
             "quantize_i2_s: n_per_row {n_per_row} is not a multiple of {QK_I2_S}"
         )));
@@ -133,7 +139,10 @@ pub fn quantize_i2_s(src: &[f32], nrow: usize, n_per_row: usize, dst: &mut [u8])
         }
     }
     let (packed, trailer) = dst[..total].split_at_mut(n / 4);
-    for (block, out) in src.chunks_exact(QK_I2_S).zip(packed.chunks_exact_mut(BLOCK_BYTES)) {
+    for (block, out) in src
+        .chunks_exact(QK_I2_S)
+        .zip(packed.chunks_exact_mut(BLOCK_BYTES))
+    {
         let code = |v: f32| -> u8 {
             let v = v as f64;
             if v.abs() < 1e-6 {
@@ -249,7 +258,9 @@ mod tests {
             (8192, 2121, -160),
         ] {
             let (packed, y) = golden(n);
-            let s: i64 = (0..n).map(|e| code_at(&packed, e) as i64 * y[e] as i64).sum();
+            let s: i64 = (0..n)
+                .map(|e| code_at(&packed, e) as i64 * y[e] as i64)
+                .sum();
             let t: i64 = y.iter().map(|&v| v as i64).sum();
             assert_eq!((s, t), (dot, ysum), "n = {n}");
         }

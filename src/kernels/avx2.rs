@@ -53,7 +53,12 @@ pub unsafe fn dot(w: *const u8, stride: usize, y: *const i8, nb: usize) -> i32 {
         let mut a1 = _mm256_setzero_si256();
         while b < end {
             // SAFETY: in bounds by the function's contract.
-            let (x, yb) = unsafe { (_mm256_loadu_si256(w.add(b * stride) as *const __m256i), y.add(b * 128)) };
+            let (x, yb) = unsafe {
+                (
+                    _mm256_loadu_si256(w.add(b * stride) as *const __m256i),
+                    y.add(b * 128),
+                )
+            };
             let c = unpack(x, mask);
             // SAFETY: 128 activations of block b are readable.
             let yv = unsafe { load4(yb) };
@@ -124,7 +129,12 @@ pub unsafe fn dot_4rows(w: [*const u8; 4], stride: usize, y: *const i8, nb: usiz
             acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(a[r], ones));
         }
     }
-    [hsum_i32(acc[0]), hsum_i32(acc[1]), hsum_i32(acc[2]), hsum_i32(acc[3])]
+    [
+        hsum_i32(acc[0]),
+        hsum_i32(acc[1]),
+        hsum_i32(acc[2]),
+        hsum_i32(acc[3]),
+    ]
 }
 
 /// One weight row against four activation rows: each block is unpacked once
@@ -164,5 +174,10 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
             acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(a[j], ones));
         }
     }
-    [hsum_i32(acc[0]), hsum_i32(acc[1]), hsum_i32(acc[2]), hsum_i32(acc[3])]
+    [
+        hsum_i32(acc[0]),
+        hsum_i32(acc[1]),
+        hsum_i32(acc[2]),
+        hsum_i32(acc[3]),
+    ]
 }

@@ -126,5 +126,10 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
             acc[j] = dot_block(acc[j], x, unsafe { load4(y[j].add(b * 128)) });
         }
     }
-    [hsum_i32(acc[0]), hsum_i32(acc[1]), hsum_i32(acc[2]), hsum_i32(acc[3])]
+    [
+        hsum_i32(acc[0]),
+        hsum_i32(acc[1]),
+        hsum_i32(acc[2]),
+        hsum_i32(acc[3]),
+    ]
 }

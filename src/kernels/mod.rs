@@ -59,7 +59,9 @@ impl Kernel {
     }
 
     pub fn from_name(name: &str) -> Option<Kernel> {
-        Kernel::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(name.trim()))
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
     }
 
     fn from_u8(v: u8) -> Option<Kernel> {
@@ -91,15 +93,23 @@ impl Kernel {
 
     /// The kernels this CPU can run, best last.
     pub fn supported() -> Vec<Kernel> {
-        Kernel::ALL.into_iter().filter(|k| k.is_supported()).collect()
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .collect()
     }
 
     /// The fastest kernel this CPU supports.
     pub fn best() -> Kernel {
-        [Kernel::Avx512, Kernel::Avx2, Kernel::NeonDotprod, Kernel::Neon]
-            .into_iter()
-            .find(|k| k.is_supported())
-            .unwrap_or(Kernel::Scalar)
+        [
+            Kernel::Avx512,
+            Kernel::Avx2,
+            Kernel::NeonDotprod,
+            Kernel::Neon,
+        ]
+        .into_iter()
+        .find(|k| k.is_supported())
+        .unwrap_or(Kernel::Scalar)
     }
 }
 
@@ -140,7 +150,10 @@ pub fn active() -> Kernel {
 pub fn force(kernel: Option<Kernel>) -> Result<()> {
     let k = kernel.unwrap_or_else(Kernel::best);
     if !k.is_supported() {
-        return Err(Error::unsupported(format!("kernel {} is not supported on this CPU", k.name())));
+        return Err(Error::unsupported(format!(
+            "kernel {} is not supported on this CPU",
+            k.name()
+        )));
     }
     SELECTED.store(k as u8, Ordering::Relaxed);
     Ok(())
@@ -148,8 +161,14 @@ pub fn force(kernel: Option<Kernel>) -> Result<()> {
 
 /// Blocks in `y` and a check that `w` holds that many blocks at `stride`.
 fn blocks(w_len: usize, stride: usize, y_len: usize) -> usize {
-    assert!(y_len % QK_I2_S == 0, "activation length {y_len} is not a multiple of {QK_I2_S}");
-    assert!(stride >= BLOCK_BYTES, "block stride {stride} is below {BLOCK_BYTES}");
+    assert!(
+        y_len.is_multiple_of(QK_I2_S),
+        "activation length {y_len} is not a multiple of {QK_I2_S}"
+    );
+    assert!(
+        stride >= BLOCK_BYTES,
+        "block stride {stride} is below {BLOCK_BYTES}"
+    );
     let nb = y_len / QK_I2_S;
     if nb > 0 {
         let need = (nb - 1) * stride + BLOCK_BYTES;
@@ -173,23 +192,33 @@ pub fn dot_with(k: Kernel, w: &[u8], stride: usize, y: &[i8]) -> i32 {
     match k {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: support checked; bounds checked by `blocks`.
-        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
+        Kernel::Avx2 if k.is_supported() => unsafe {
+            avx2::dot(w.as_ptr(), stride, y.as_ptr(), nb)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
+        Kernel::Avx512 if k.is_supported() => unsafe {
+            avx512::dot(w.as_ptr(), stride, y.as_ptr(), nb)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         Kernel::Neon => unsafe { neon::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_dp(w.as_ptr(), stride, y.as_ptr(), nb) },
+        Kernel::NeonDotprod if k.is_supported() => unsafe {
+            neon::dot_dp(w.as_ptr(), stride, y.as_ptr(), nb)
+        },
         _ => scalar::dot(w, stride, y),
     }
 }
 
 /// Four weight rows against one activation row.
 pub fn dot_4rows_with(k: Kernel, w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32; 4] {
-    let nb = blocks(w.iter().map(|r| r.len()).min().unwrap_or(0), stride, y.len());
+    let nb = blocks(
+        w.iter().map(|r| r.len()).min().unwrap_or(0),
+        stride,
+        y.len(),
+    );
     let p = w.map(|r| r.as_ptr());
     match k {
         #[cfg(target_arch = "x86_64")]
@@ -197,13 +226,17 @@ pub fn dot_4rows_with(k: Kernel, w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32
         Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4rows(p, stride, y.as_ptr(), nb) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot_4rows(p, stride, y.as_ptr(), nb) },
+        Kernel::Avx512 if k.is_supported() => unsafe {
+            avx512::dot_4rows(p, stride, y.as_ptr(), nb)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         Kernel::Neon => unsafe { neon::dot_4rows(p, stride, y.as_ptr(), nb) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_4rows_dp(p, stride, y.as_ptr(), nb) },
+        Kernel::NeonDotprod if k.is_supported() => unsafe {
+            neon::dot_4rows_dp(p, stride, y.as_ptr(), nb)
+        },
         _ => {
             let _ = p;
             scalar::dot_4rows(w, stride, y)
@@ -214,7 +247,10 @@ pub fn dot_4rows_with(k: Kernel, w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32
 /// One weight row against four activation rows of equal length.
 pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
     let len = y[0].len();
-    assert!(y.iter().all(|a| a.len() == len), "activation rows differ in length");
+    assert!(
+        y.iter().all(|a| a.len() == len),
+        "activation rows differ in length"
+    );
     let nb = blocks(w.len(), stride, len);
     let p = y.map(|a| a.as_ptr());
     match k {
@@ -223,13 +259,17 @@ pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32
         Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4acts(w.as_ptr(), stride, p, nb) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe { avx512::dot_4acts(w.as_ptr(), stride, p, nb) },
+        Kernel::Avx512 if k.is_supported() => unsafe {
+            avx512::dot_4acts(w.as_ptr(), stride, p, nb)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         Kernel::Neon => unsafe { neon::dot_4acts(w.as_ptr(), stride, p, nb) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe { neon::dot_4acts_dp(w.as_ptr(), stride, p, nb) },
+        Kernel::NeonDotprod if k.is_supported() => unsafe {
+            neon::dot_4acts_dp(w.as_ptr(), stride, p, nb)
+        },
         _ => {
             let _ = p;
             scalar::dot_4acts(w, stride, y)
@@ -238,7 +278,7 @@ pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::i2s::{golden_activation, golden_code, pack_codes};
 
@@ -257,14 +297,18 @@ mod tests {
     }
 
     fn random_case(rng: &mut Rng, n: usize, max_code: u64) -> (Vec<u8>, Vec<i8>) {
-        let codes: Vec<u8> = (0..n).map(|_| (rng.next() % (max_code + 1)) as u8).collect();
+        let codes: Vec<u8> = (0..n)
+            .map(|_| (rng.next() % (max_code + 1)) as u8)
+            .collect();
         let mut packed = vec![0; n / 4];
         pack_codes(&codes, &mut packed).unwrap();
         (packed, (0..n).map(|_| rng.next() as i8).collect())
     }
 
     fn exact(packed: &[u8], y: &[i8]) -> i32 {
-        (0..y.len()).map(|e| crate::i2s::code_at(packed, e) as i32 * y[e] as i32).sum()
+        (0..y.len())
+            .map(|e| crate::i2s::code_at(packed, e) as i32 * y[e] as i32)
+            .sum()
     }
 
     #[test]
@@ -288,19 +332,39 @@ mod tests {
             for &n in &[4096usize, 8192] {
                 let w = vec![0xAAu8; n / 4]; // all code 2
                 let t = n as i32 * 2;
-                assert_eq!(dot_with(k, &w, 32, &vec![127i8; n]), 127 * t, "{}", k.name());
-                assert_eq!(dot_with(k, &w, 32, &vec![-128i8; n]), -128 * t, "{}", k.name());
+                assert_eq!(
+                    dot_with(k, &w, 32, &vec![127i8; n]),
+                    127 * t,
+                    "{}",
+                    k.name()
+                );
+                assert_eq!(
+                    dot_with(k, &w, 32, &vec![-128i8; n]),
+                    -128 * t,
+                    "{}",
+                    k.name()
+                );
                 let w3 = vec![0xFFu8; n / 4]; // code 3, never written but must not wrap
                 assert_eq!(dot_with(k, &w3, 32, &vec![-128i8; n]), -128 * 3 * n as i32);
             }
-            assert_eq!(dot_with(k, &vec![0xAAu8; 1024], 32, &vec![127i8; 4096]), 1040384);
+            assert_eq!(
+                dot_with(k, &vec![0xAAu8; 1024], 32, &vec![127i8; 4096]),
+                1040384
+            );
         }
     }
 
     #[test]
     fn golden_vectors() {
         for k in Kernel::supported() {
-            for &(n, want) in &[(128usize, -30), (256, 220), (4096, 1322), (4224, 1043), (6912, 1829), (8192, 2121)] {
+            for &(n, want) in &[
+                (128usize, -30),
+                (256, 220),
+                (4096, 1322),
+                (4224, 1043),
+                (6912, 1829),
+                (8192, 2121),
+            ] {
                 let codes: Vec<u8> = (0..n).map(golden_code).collect();
                 let mut w = vec![0; n / 4];
                 pack_codes(&codes, &mut w).unwrap();
@@ -317,25 +381,47 @@ mod tests {
             for &n in &[128usize, 640, 2560, 6912] {
                 let nb = n / 128;
                 // Four rows interleaved block by block (stride 128), as the cache packs them.
-                let rows: Vec<(Vec<u8>, Vec<i8>)> = (0..4).map(|_| random_case(&mut rng, n, 2)).collect();
+                let rows: Vec<(Vec<u8>, Vec<i8>)> =
+                    (0..4).map(|_| random_case(&mut rng, n, 2)).collect();
                 let mut tile = vec![0u8; 4 * n / 4];
                 for b in 0..nb {
                     for (r, (w, _)) in rows.iter().enumerate() {
-                        tile[b * 128 + r * 32..b * 128 + r * 32 + 32].copy_from_slice(&w[b * 32..b * 32 + 32]);
+                        tile[b * 128 + r * 32..b * 128 + r * 32 + 32]
+                            .copy_from_slice(&w[b * 32..b * 32 + 32]);
                     }
                 }
                 let y = &rows[0].1;
                 let want: Vec<i32> = rows.iter().map(|(w, _)| exact(w, y)).collect();
                 let views = [&tile[..], &tile[32..], &tile[64..], &tile[96..]];
-                assert_eq!(dot_4rows_with(k, views, 128, y).to_vec(), want, "{} n={n}", k.name());
+                assert_eq!(
+                    dot_4rows_with(k, views, 128, y).to_vec(),
+                    want,
+                    "{} n={n}",
+                    k.name()
+                );
                 for r in 0..4 {
                     assert_eq!(dot_with(k, views[r], 128, y), want[r]);
                 }
-                let raw = [&rows[0].0[..], &rows[1].0[..], &rows[2].0[..], &rows[3].0[..]];
+                let raw = [
+                    &rows[0].0[..],
+                    &rows[1].0[..],
+                    &rows[2].0[..],
+                    &rows[3].0[..],
+                ];
                 assert_eq!(dot_4rows_with(k, raw, 32, y).to_vec(), want);
-                let acts = [&rows[0].1[..], &rows[1].1[..], &rows[2].1[..], &rows[3].1[..]];
+                let acts = [
+                    &rows[0].1[..],
+                    &rows[1].1[..],
+                    &rows[2].1[..],
+                    &rows[3].1[..],
+                ];
                 let want: Vec<i32> = acts.iter().map(|a| exact(&rows[0].0, a)).collect();
-                assert_eq!(dot_4acts_with(k, &rows[0].0, 32, acts).to_vec(), want, "{}", k.name());
+                assert_eq!(
+                    dot_4acts_with(k, &rows[0].0, 32, acts).to_vec(),
+                    want,
+                    "{}",
+                    k.name()
+                );
             }
         }
     }

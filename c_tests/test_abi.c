@@ -1,0 +1,319 @@
+/* The C ABI against the C reference: golden vectors, random dots for many n
+ * and every kernel this CPU runs, both nrc conventions, quantize_i2_s,
+ * activation quantization, the RFC byte conversion, the cache API, whole
+ * matmuls, and error behaviour. */
+#include "ggml-bitnet-stfma.h"
+
+#include "check.h"
+
+static const char *KERNELS[] = {"scalar", "avx2", "avx512", "neon", "neon-dotprod"};
+
+static float dot1(int n, const uint8_t *w, const int8_t *y) {
+    float s = -1.0f;
+    ggml_vec_dot_i2_i8_s(n, &s, 0, w, 0, y, 0, 1);
+    return s;
+}
+
+static void test_golden(void) {
+    static const struct { size_t n; int64_t dot, ysum; } cases[] = {
+        {128, -30, -83}, {256, 220, -27}, {4096, 1322, 87},
+        {4224, 1043, 89}, {6912, 1829, 182}, {8192, 2121, -160},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t n = cases[c].n;
+        uint8_t *codes = malloc(n), *w = malloc(n / 4);
+        int8_t *y = malloc(n);
+        int64_t ysum = 0;
+        for (size_t e = 0; e < n; e++) {
+            codes[e] = golden_code(e);
+            y[e] = golden_y(e);
+            ysum += y[e];
+        }
+        ref_pack(codes, n, w);
+        if (n == 128) CHECK(w[0] == 0x21 && w[1] == 0x1a && w[2] == 0x91 && w[3] == 0x19, "first bytes");
+        CHECK(ysum == cases[c].ysum, "n=%zu ysum %lld", n, (long long)ysum);
+        CHECK(dot1((int)n, w, y) == (float)cases[c].dot, "golden n=%zu got %f", n, dot1((int)n, w, y));
+        free(codes), free(w), free(y);
+    }
+}
+
+static void test_random_and_extremes(void) {
+    static const int ns[] = {128, 256, 384, 640, 1024, 1152, 2048, 2560, 4096, 6912, 8192, 16384};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        int n = ns[i];
+        uint8_t *codes = malloc(n), *w = malloc(n / 4);
+        int8_t *y = malloc(n);
+        for (int rep = 0; rep < 4; rep++) {
+            for (int e = 0; e < n; e++) {
+                codes[e] = (uint8_t)(rng_next() % 3);
+                y[e] = (int8_t)rng_next();
+            }
+            ref_pack(codes, n, w);
+            float got = dot1(n, w, y);
+            CHECK(got == (float)ref_dot(codes, y, n), "random n=%d got %f want %lld", n, got, (long long)ref_dot(codes, y, n));
+        }
+        /* all code 2 times 127 and times -128: upstream's int16 accumulation wraps here */
+        memset(codes, 2, n);
+        ref_pack(codes, n, w);
+        memset(y, 127, n);
+        CHECK(dot1(n, w, y) == (float)(254 * (int64_t)n), "all-2 x 127 n=%d got %f", n, dot1(n, w, y));
+        memset(y, 0x80, n);
+        CHECK(dot1(n, w, y) == (float)(-256 * (int64_t)n), "all-2 x -128 n=%d got %f", n, dot1(n, w, y));
+        free(codes), free(w), free(y);
+    }
+    /* the documented overflow case */
+    uint8_t w[1024];
+    int8_t y[4096];
+    memset(w, 0xAA, sizeof w);
+    memset(y, 127, sizeof y);
+    CHECK(dot1(4096, w, y) == 1040384.0f, "n=4096 all-2 x 127");
+}
+
+static void test_nrc(void) {
+    enum { N = 2560, R = 7, C = 8 };
+    static uint8_t codes[R][N], w[R][N / 4];
+    static int8_t y[C][N + 64]; /* padded column stride */
+    for (int r = 0; r < R; r++) {
+        for (int e = 0; e < N; e++) codes[r][e] = (uint8_t)(rng_next() % 3);
+        ref_pack(codes[r], N, w[r]);
+    }
+    for (int c = 0; c < C; c++)
+        for (int e = 0; e < N; e++) y[c][e] = (int8_t)rng_next();
+    /* nrc weight rows (nrc % 4 != 0): row r at vx + r*bx/4, result to s[r] */
+    for (int nrc = 1; nrc <= R; nrc++) {
+        if (nrc > 1 && nrc % 4 == 0) continue;
+        float s[R];
+        ggml_vec_dot_i2_i8_s(N, s, 1, w, N, y[0], 0, nrc);
+        for (int r = 0; r < nrc; r++)
+            CHECK(s[r] == (float)ref_dot(codes[r], y[0], N), "rows nrc=%d r=%d", nrc, r);
+    }
+    /* activation-parallel (nrc % 4 == 0): column c at vy + c*by, result to s[c*bs] */
+    for (int nrc = 4; nrc <= C; nrc += 4) {
+        float s[C * 3];
+        for (int i = 0; i < C * 3; i++) s[i] = -7.0f;
+        ggml_vec_dot_i2_i8_s(N, s, 3, w[2], 0, y, sizeof y[0], nrc);
+        for (int c = 0; c < nrc; c++)
+            CHECK(s[c * 3] == (float)ref_dot(codes[2], y[c], N), "acts nrc=%d c=%d", nrc, c);
+        CHECK(s[1] == -7.0f && s[2] == -7.0f, "wrote outside s[c*bs]");
+    }
+    /* the RFC hook name gives the same */
+    float a, b;
+    ggml_vec_dot_i2_i8_s(N, &a, 0, w[3], 0, y[3], 0, 1);
+    ggml_vec_dot_i2_i8_stfma(N, &b, 0, w[3], 0, y[3], 0, 1);
+    CHECK(a == b, "stfma hook differs");
+}
+
+static void test_quantize_i2_s(void) {
+    enum { ROWS = 3, COLS = 256, NW = ROWS * COLS };
+    float src[NW];
+    uint8_t codes[NW], want[NW / 4];
+    for (int e = 0; e < NW; e++) {
+        int t = (int)(rng_next() % 3) - 1;
+        src[e] = 0.4375f * (float)t;
+        codes[e] = (uint8_t)(t + 1);
+    }
+    src[5] = 1e-7f; /* below 1e-6: zero */
+    codes[5] = 1;
+    ref_pack(codes, NW, want);
+    uint8_t dst[NW / 4 + 32 + 16];
+    memset(dst, 0xEE, sizeof dst);
+    size_t got = quantize_i2_s(src, dst, ROWS, COLS, NULL);
+    CHECK(got == NW / 4 + 32, "returned %zu", got);
+    CHECK(memcmp(dst, want, NW / 4) == 0, "packed bytes differ");
+    float scale;
+    memcpy(&scale, dst + NW / 4, 4);
+    CHECK(scale == 0.4375f, "scale %f", scale);
+    CHECK(dst[NW / 4 + 32] == 0xEE, "wrote past the returned size");
+    CHECK(quantize_i2_s(src, dst, ROWS, 100, NULL) == 0, "n_per_row not a multiple of 128 accepted");
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "no error message");
+    CHECK(quantize_i2_s(NULL, dst, ROWS, COLS, NULL) == 0, "NULL src accepted");
+}
+
+static void test_activations(void) {
+    enum { N = 1000 };
+    float x[N];
+    int8_t q[N], qr[N];
+    for (int i = 0; i < N; i++) x[i] = (float)((int64_t)(rng_next() % 20001) - 10000) / 3791.0f;
+    x[17] = 0.5f / (127.0f / 2.6378f); /* a near-tie */
+    float scale, sr;
+    int32_t sum;
+    CHECK(ggml_bitnet_stfma_quantize_activations(x, N, q, &scale, &sum) == GGML_BITNET_STFMA_OK, "rc");
+    int32_t sum_r = ref_quantize(x, N, qr, &sr);
+    CHECK(scale == sr && sum == sum_r && memcmp(q, qr, N) == 0, "activation quantization differs");
+    CHECK(ggml_bitnet_stfma_quantize_activations(x, 0, q, &scale, &sum) == GGML_BITNET_STFMA_ERR_INVALID, "n=0");
+    CHECK(ggml_bitnet_stfma_quantize_activations(NULL, N, q, &scale, &sum) == GGML_BITNET_STFMA_ERR_NULL, "NULL x");
+}
+
+static void test_convert(void) {
+    for (int b = 0; b < 256; b++)
+        CHECK(convert_bitnet_to_stfma_byte((uint8_t)b) == ref_convert((uint8_t)b), "byte %#x", b);
+    CHECK(convert_bitnet_to_stfma_byte(0x1B) == 0x87 && convert_bitnet_to_stfma_byte(0xE4) == 0xD2, "golden");
+    uint8_t in[256], out[256];
+    for (int b = 0; b < 256; b++) in[b] = (uint8_t)b;
+    convert_bitnet_to_stfma_array(in, out, 256);
+    for (int b = 0; b < 256; b++) CHECK(out[b] == ref_convert((uint8_t)b), "array %d", b);
+    convert_bitnet_to_stfma_array(in, in, 256); /* in place */
+    CHECK(memcmp(in, out, 256) == 0, "in place");
+}
+
+static void test_cache(void) {
+    ggml_bitnet_stfma_cache_init();
+    ggml_bitnet_stfma_cache_init(); /* twice: no-op */
+    size_t entries = 99, bytes = 99;
+    float ratio = -1;
+    ggml_bitnet_stfma_cache_shutdown();
+    ggml_bitnet_stfma_get_cache_stats(&entries, &bytes, &ratio);
+    CHECK(entries == 0 && bytes == 0 && ratio == 0.0f, "empty stats %zu %zu %f", entries, bytes, ratio);
+
+    enum { N = 4096 };
+    static uint8_t codes[N], w[N / 4];
+    static int8_t y[N];
+    for (int e = 0; e < N; e++) codes[e] = (uint8_t)(rng_next() % 3), y[e] = (int8_t)rng_next();
+    ref_pack(codes, N, w);
+    ggml_bitnet_stfma_cache_handle h = ggml_bitnet_stfma_cache_weights(w, N);
+    CHECK(h != NULL, "cache_weights: %s", ggml_bitnet_stfma_last_error());
+    const uint8_t *cw = ggml_bitnet_stfma_get_cached_weights(h);
+    CHECK(cw != NULL && cw != w && memcmp(cw, w, N / 4) == 0, "cached copy of a row");
+    float s = 0, want = (float)ref_dot(codes, y, N);
+    ggml_vec_dot_i2_i8_s_stfma_cached(N, &s, h, y);
+    CHECK(s == want, "cached dot %f want %f", s, want);
+    ggml_vec_dot_i2_i8_s_stfma_cached(N / 2, &s, h, y);
+    CHECK(s == (float)ref_dot(codes, y, N / 2), "cached prefix dot");
+    ggml_vec_dot_i2_i8_s_stfma_cached(N + 128, &s, h, y);
+    CHECK(isnan(s) && strlen(ggml_bitnet_stfma_last_error()) > 0, "n past the entry");
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, true);
+    CHECK(s == want, "hybrid cached");
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, false);
+    CHECK(s == want, "hybrid uncached");
+
+    /* a whole tensor: 10 rows x 640 plus scale */
+    enum { ROWS = 10, COLS = 640 };
+    static uint8_t tc[ROWS * COLS], tensor[ROWS * COLS / 4 + 32];
+    for (int e = 0; e < ROWS * COLS; e++) tc[e] = (uint8_t)(rng_next() % 3);
+    ref_pack(tc, ROWS * COLS, tensor);
+    float tscale = 1.75f;
+    memcpy(tensor + ROWS * COLS / 4, &tscale, 4);
+    ggml_bitnet_stfma_cache_handle t = ggml_bitnet_stfma_cache_tensor(tensor, sizeof tensor, ROWS, COLS);
+    CHECK(t != NULL, "cache_tensor: %s", ggml_bitnet_stfma_last_error());
+    int64_t r = 0, c = 0;
+    float sc = 0;
+    CHECK(ggml_bitnet_stfma_tensor_info(t, &r, &c, &sc) == 0 && r == ROWS && c == COLS && sc == tscale, "info");
+    float td[ROWS];
+    CHECK(ggml_bitnet_stfma_tensor_dot(t, 0, ROWS, y, td) == 0, "tensor_dot");
+    for (int i = 0; i < ROWS; i++) CHECK(td[i] == (float)ref_dot(tc + i * COLS, y, COLS), "tensor_dot row %d", i);
+    CHECK(ggml_bitnet_stfma_tensor_dot(t, 8, 3, y, td) == GGML_BITNET_STFMA_ERR_INVALID, "rows past the end");
+    CHECK(ggml_bitnet_stfma_cache_tensor(tensor, 100, ROWS, COLS) == NULL, "short data accepted");
+    CHECK(ggml_bitnet_stfma_cache_tensor(tensor, sizeof tensor, ROWS, 100) == NULL, "cols not a multiple of 128 accepted");
+
+    ggml_bitnet_stfma_get_cache_stats(&entries, &bytes, &ratio);
+    size_t want_bytes = N / 4 + 12 * COLS / 4; /* the tensor's 10 rows pad to 3 tiles of 4 */
+    CHECK(entries == 2 && bytes == want_bytes, "stats %zu %zu", entries, bytes);
+    CHECK(fabsf(ratio - (float)want_bytes / (float)(N / 4 + ROWS * COLS / 4)) < 1e-6f, "ratio %f", ratio);
+    ggml_bitnet_stfma_cache_stats(&entries, NULL);
+    CHECK(entries == 2, "cache_stats");
+
+    ggml_bitnet_stfma_free_cached_weights(h);
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) == 0, "free failed");
+    ggml_bitnet_stfma_free_cached_weights(h); /* double free: error, no crash */
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "double free not reported");
+    CHECK(ggml_bitnet_stfma_get_cached_weights(h) == NULL, "freed handle still readable");
+    ggml_vec_dot_i2_i8_s_stfma_cached(N, &s, h, y);
+    CHECK(isnan(s), "dot on a freed handle");
+    ggml_bitnet_stfma_free_cached_weights(NULL);
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "NULL free not reported");
+    ggml_bitnet_stfma_free_cached_weights((ggml_bitnet_stfma_cache_handle)(uintptr_t)0xdeadbeef0);
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "foreign handle not reported");
+
+    ggml_bitnet_stfma_cache_shutdown();
+    ggml_bitnet_stfma_free_cached_weights(t); /* free after shutdown: error, no crash */
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "free after shutdown not reported");
+    ggml_bitnet_stfma_get_cache_stats(&entries, &bytes, &ratio);
+    CHECK(entries == 0 && bytes == 0, "shutdown left entries");
+    h = ggml_bitnet_stfma_cache_weights(w, N); /* usable again */
+    CHECK(h != NULL, "cache after shutdown");
+    CHECK(ggml_bitnet_stfma_cache_weights(w, 100) == NULL, "n not a multiple of 128 accepted");
+    CHECK(ggml_bitnet_stfma_cache_weights(NULL, N) == NULL, "NULL accepted");
+    ggml_bitnet_stfma_free_cached_weights(h);
+}
+
+static void test_matmul(void) {
+    enum { ROWS = 70, COLS = 768, NC = 5 };
+    static uint8_t tc[ROWS * COLS], tensor[ROWS * COLS / 4 + 32];
+    static float x[NC * COLS], y[NC * ROWS];
+    for (int e = 0; e < ROWS * COLS; e++) tc[e] = (uint8_t)(rng_next() % 3);
+    ref_pack(tc, ROWS * COLS, tensor);
+    float ws = 0.03125f;
+    memcpy(tensor + ROWS * COLS / 4, &ws, 4);
+    for (int i = 0; i < NC * COLS; i++) x[i] = (float)((int64_t)(rng_next() % 2001) - 1000) / 700.0f;
+    ggml_bitnet_stfma_cache_handle t = ggml_bitnet_stfma_cache_tensor(tensor, sizeof tensor, ROWS, COLS);
+    for (int threads = 1; threads <= 3; threads++) {
+        CHECK(ggml_bitnet_stfma_matmul(t, x, NC, y, threads) == 0, "matmul: %s", ggml_bitnet_stfma_last_error());
+        for (int c = 0; c < NC; c++) {
+            int8_t q[COLS];
+            float as;
+            int32_t asum = ref_quantize(x + c * COLS, COLS, q, &as);
+            for (int r = 0; r < ROWS; r++) {
+                float want = (float)(ref_dot(tc + r * COLS, q, COLS) - asum) / as * ws;
+                CHECK(y[c * ROWS + r] == want, "matmul c=%d r=%d got %f want %f", c, r, y[c * ROWS + r], want);
+            }
+        }
+    }
+    CHECK(ggml_bitnet_stfma_matmul(NULL, x, NC, y, 1) == GGML_BITNET_STFMA_ERR_BAD_HANDLE, "NULL handle");
+    CHECK(ggml_bitnet_stfma_matmul(t, x, 0, y, 1) == GGML_BITNET_STFMA_ERR_INVALID, "zero columns");
+    CHECK(ggml_bitnet_stfma_matmul(t, NULL, NC, y, 1) == GGML_BITNET_STFMA_ERR_NULL, "NULL x");
+    ggml_bitnet_stfma_free_cached_weights(t);
+}
+
+static void test_errors(void) {
+    uint8_t w[32] = {0};
+    int8_t y[128] = {0};
+    float s[4] = {0, 0, 0, 0};
+    ggml_vec_dot_i2_i8_s(100, s, 1, w, 0, y, 0, 1);
+    CHECK(isnan(s[0]) && strlen(ggml_bitnet_stfma_last_error()) > 0, "n=100");
+    ggml_vec_dot_i2_i8_s(0, s, 1, w, 0, y, 0, 1);
+    CHECK(isnan(s[0]), "n=0");
+    ggml_vec_dot_i2_i8_s(-128, s, 1, w, 0, y, 0, 1);
+    CHECK(isnan(s[0]), "n<0");
+    s[0] = 0;
+    ggml_vec_dot_i2_i8_s(128, s, 1, NULL, 0, y, 0, 1);
+    CHECK(isnan(s[0]), "NULL vx");
+    s[0] = 0;
+    ggml_vec_dot_i2_i8_s(128, s, 1, w, 0, NULL, 0, 1);
+    CHECK(isnan(s[0]), "NULL vy");
+    ggml_vec_dot_i2_i8_s(128, NULL, 1, w, 0, y, 0, 1); /* NULL s: nothing to write, no crash */
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "NULL s");
+    ggml_vec_dot_i2_i8_s(128, s, 1, w, 0, y, 0, 0);
+    CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "nrc=0");
+    ggml_vec_dot_i2_i8_s(128, s, 1, w, 0, y, 0, 1);
+    CHECK(s[0] == 0.0f && strlen(ggml_bitnet_stfma_last_error()) == 0, "a good call clears the error");
+    CHECK(ggml_bitnet_stfma_set_kernel("no-such-kernel") == GGML_BITNET_STFMA_ERR_INVALID, "bad kernel name");
+    CHECK(ggml_bitnet_stfma_abi_version() == GGML_BITNET_STFMA_ABI_VERSION, "abi version");
+    CHECK(strlen(ggml_bitnet_stfma_version()) > 0, "version");
+}
+
+int main(void) {
+    int ran = 0;
+    for (size_t k = 0; k < sizeof KERNELS / sizeof KERNELS[0]; k++) {
+        int rc = ggml_bitnet_stfma_set_kernel(KERNELS[k]);
+        if (rc == GGML_BITNET_STFMA_ERR_UNSUPPORTED) {
+            printf("kernel %s: not supported on this CPU, skipped\n", KERNELS[k]);
+            continue;
+        }
+        CHECK(rc == 0, "set_kernel(%s) = %d", KERNELS[k], rc);
+        CHECK(strcmp(ggml_bitnet_stfma_kernel_name(), KERNELS[k]) == 0, "kernel_name");
+        printf("kernel %s\n", KERNELS[k]);
+        ran++;
+        test_golden();
+        test_random_and_extremes();
+        test_nrc();
+        test_cache();
+        test_matmul();
+    }
+    CHECK(ran >= 2, "at least scalar and one SIMD kernel ran (%d)", ran);
+    CHECK(ggml_bitnet_stfma_set_kernel(NULL) == 0, "back to auto");
+    test_quantize_i2_s();
+    test_activations();
+    test_convert();
+    test_errors();
+    return finish_tests("test_abi");
+}

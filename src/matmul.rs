@@ -1,0 +1,188 @@
+//! Finished ternary matmuls `y = W x` over a [`PackedMatrix`], as bitnet.cpp
+//! computes them: each activation column is quantized to I8_S once, every
+//! output is `(dot - act_sum) / act_scale * w_scale`.
+
+use crate::cache::{PackedMatrix, TILE_ROWS};
+use crate::i2s::{self, ActQuant};
+use crate::kernels::{self, Kernel};
+use crate::threadpool::ThreadPool;
+
+/// Activation columns quantized to I8_S, allocated once and reused.
+pub struct ActBatch {
+    len: usize,
+    q: Vec<i8>,
+    quant: Vec<ActQuant>,
+}
+
+impl ActBatch {
+    /// Room for up to `max_cols` columns of `len` activations.
+    pub fn new(len: usize, max_cols: usize) -> Self {
+        ActBatch {
+            len,
+            q: vec![0; len * max_cols],
+            quant: Vec::with_capacity(max_cols),
+        }
+    }
+
+    /// Quantizes `x.len() / len` columns (column `c` is `x[c*len..(c+1)*len]`).
+    /// Grows the buffers if needed (never on a steady-state decode step).
+    pub fn quantize(&mut self, x: &[f32]) {
+        assert!(
+            self.len > 0 && x.len().is_multiple_of(self.len),
+            "activation length mismatch"
+        );
+        let cols = x.len() / self.len;
+        if self.q.len() < x.len() {
+            self.q.resize(x.len(), 0);
+        }
+        self.quant.clear();
+        for (xc, qc) in x
+            .chunks_exact(self.len)
+            .zip(self.q.chunks_exact_mut(self.len))
+            .take(cols)
+        {
+            self.quant.push(i2s::quantize_activations(xc, qc));
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.quant.len()
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.quant.is_empty()
+    }
+    pub fn col(&self, c: usize) -> (&[i8], ActQuant) {
+        (&self.q[c * self.len..(c + 1) * self.len], self.quant[c])
+    }
+}
+
+/// Output rows per parallel task (a multiple of the tile height).
+const ROWS_PER_TASK: usize = 64;
+
+/// `out[c*rows + r] = Σ W[r]·x_c` finished to f32, for every column `c` of
+/// `acts`, split over `pool`.
+pub fn matmul(w: &PackedMatrix, acts: &ActBatch, out: &mut [f32], pool: &ThreadPool) {
+    matmul_with(kernels::active(), w, acts, out, pool)
+}
+
+/// [`matmul`] with an explicit kernel.
+pub fn matmul_with(
+    k: Kernel,
+    w: &PackedMatrix,
+    acts: &ActBatch,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) {
+    let (rows, cols) = (w.rows(), acts.cols());
+    assert_eq!(acts.len(), w.cols(), "activation length != matrix columns");
+    assert!(out.len() >= rows * cols, "output too small");
+    let tasks = rows.div_ceil(ROWS_PER_TASK);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    pool.run(tasks, &|t| {
+        let r0 = t * ROWS_PER_TASK;
+        let r1 = (r0 + ROWS_PER_TASK).min(rows);
+        let mut dots = [0i32; ROWS_PER_TASK * 4];
+        let mut c = 0;
+        while c + 4 <= cols {
+            let a = [
+                acts.col(c),
+                acts.col(c + 1),
+                acts.col(c + 2),
+                acts.col(c + 3),
+            ];
+            for r in r0..r1 {
+                let d = w.dot_row_4acts(k, r, [a[0].0, a[1].0, a[2].0, a[3].0]);
+                for j in 0..4 {
+                    dots[j * ROWS_PER_TASK + r - r0] = d[j];
+                }
+            }
+            for (j, &(_, q)) in a.iter().enumerate() {
+                // SAFETY: each task writes only rows r0..r1 of each column,
+                // disjoint from every other task; `out` outlives `run`.
+                let o = unsafe { out_ptr.slice((c + j) * rows + r0, r1 - r0) };
+                finish_into(
+                    &dots[j * ROWS_PER_TASK..j * ROWS_PER_TASK + (r1 - r0)],
+                    q,
+                    w.scale(),
+                    o,
+                );
+            }
+            c += 4;
+        }
+        while c < cols {
+            let (y, q) = acts.col(c);
+            w.dot_rows(k, r0..r1, y, &mut dots[..r1 - r0]);
+            // SAFETY: as above.
+            let o = unsafe { out_ptr.slice(c * rows + r0, r1 - r0) };
+            finish_into(&dots[..r1 - r0], q, w.scale(), o);
+            c += 1;
+        }
+    });
+}
+
+fn finish_into(dots: &[i32], q: ActQuant, w_scale: f32, out: &mut [f32]) {
+    for (o, &d) in out.iter_mut().zip(dots) {
+        *o = i2s::finish(d, q, w_scale);
+    }
+}
+
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE_ROWS));
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output ranges to pool tasks.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// # Safety
+    /// `start..start+len` is in bounds and no other thread touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: by the function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::Rng;
+
+    #[test]
+    fn matmul_matches_the_reference_formula() {
+        let mut rng = Rng::new(5);
+        let (rows, cols) = (70, 384);
+        let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 3) as u8).collect();
+        let mut raw = vec![0; rows * cols / 4];
+        i2s::pack_codes(&codes, &mut raw).unwrap();
+        let w = PackedMatrix::from_i2s(&raw, rows, cols, 0.8).unwrap();
+        for ncols in [1usize, 3, 4, 6] {
+            let x: Vec<f32> = (0..cols * ncols)
+                .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut acts = ActBatch::new(cols, 1);
+            acts.quantize(&x);
+            for threads in [1, 2] {
+                let pool = ThreadPool::new(threads);
+                for k in Kernel::supported() {
+                    let mut out = vec![f32::NAN; rows * ncols];
+                    matmul_with(k, &w, &acts, &mut out, &pool);
+                    for c in 0..ncols {
+                        let (q, aq) = acts.col(c);
+                        for r in 0..rows {
+                            let dot: i32 = (0..cols)
+                                .map(|e| codes[r * cols + e] as i32 * q[e] as i32)
+                                .sum();
+                            let want = (dot - aq.sum) as f32 / aq.scale * 0.8;
+                            assert_eq!(out[c * rows + r], want, "{} col {c} row {r}", k.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
