@@ -1,1 +1,104 @@
-fn main() {}
+//! Kernel throughput at the 2B-4T matrix shapes, single-threaded, reported
+//! as elements/s = ternary multiply-accumulates per second.
+//!
+//! For each kernel this CPU runs:
+//! - `raw`: one `ggml_vec_dot_i2_i8_s`-style dot per row on the original
+//!   I2_S bytes (uncached);
+//! - `raw4`: four raw rows per call, sharing the activation loads;
+//! - `cached`: the repacked tile layout of the cache, four rows per call;
+//! - `cached_4acts`: one weight row against four activation rows (the
+//!   prompt-processing GEMM form), counted as 4 MACs per weight.
+//!
+//! `cargo bench --bench kernels -- avx2/cached` runs a subset.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Duration;
+
+use bitnet_stfma::cache::PackedMatrix;
+use bitnet_stfma::i2s;
+use bitnet_stfma::kernels::{self, Kernel};
+
+/// (cols = input dim, rows = output dim), ggml order as in the GGUF.
+const SHAPES: [(usize, usize); 4] = [(2560, 2560), (2560, 640), (2560, 6912), (6912, 2560)];
+
+fn data(rows: usize, cols: usize) -> (Vec<u8>, Vec<i8>) {
+    let mut h = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        h
+    };
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|_| match next() % 5 {
+            0 | 1 => 1, // 40% zeros
+            2 | 3 => 0,
+            _ => 2,
+        })
+        .collect();
+    let mut packed = vec![0; rows * cols / 4];
+    i2s::pack_codes(&codes, &mut packed).unwrap();
+    let y = (0..cols).map(|_| (next() % 255) as i8).collect();
+    (packed, y)
+}
+
+fn bench(c: &mut Criterion) {
+    for (cols, rows) in SHAPES {
+        let (raw, y) = data(rows, cols);
+        let packed = PackedMatrix::from_i2s(&raw, rows, cols, 1.0).unwrap();
+        let ys: Vec<Vec<i8>> = (0..4).map(|j| y.iter().map(|&v| v.wrapping_add(j)).collect()).collect();
+        let row_bytes = cols / 4;
+        let mut out = vec![0i32; rows];
+        let mut g = c.benchmark_group(format!("{cols}x{rows}"));
+        g.throughput(Throughput::Elements((rows * cols) as u64));
+        g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        for k in Kernel::supported() {
+            g.bench_function(BenchmarkId::new(k.name(), "raw"), |b| {
+                b.iter(|| {
+                    for (r, o) in out.iter_mut().enumerate() {
+                        *o = kernels::dot_with(k, &raw[r * row_bytes..(r + 1) * row_bytes], 32, &y);
+                    }
+                    black_box(&out);
+                })
+            });
+            if k == Kernel::Scalar {
+                continue;
+            }
+            g.bench_function(BenchmarkId::new(k.name(), "raw4"), |b| {
+                b.iter(|| {
+                    for r in (0..rows).step_by(4) {
+                        let w: [&[u8]; 4] = std::array::from_fn(|j| &raw[(r + j) * row_bytes..(r + j + 1) * row_bytes]);
+                        out[r..r + 4].copy_from_slice(&kernels::dot_4rows_with(k, w, 32, &y));
+                    }
+                    black_box(&out);
+                })
+            });
+            g.bench_function(BenchmarkId::new(k.name(), "cached"), |b| {
+                b.iter(|| {
+                    packed.dot_rows(k, 0..rows, &y, &mut out);
+                    black_box(&out);
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("{cols}x{rows}_4acts"));
+        g.throughput(Throughput::Elements((4 * rows * cols) as u64));
+        g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        for k in Kernel::supported().into_iter().filter(|&k| k != Kernel::Scalar) {
+            g.bench_function(BenchmarkId::new(k.name(), "cached_4acts"), |b| {
+                let acts = [&ys[0][..], &ys[1][..], &ys[2][..], &ys[3][..]];
+                b.iter(|| {
+                    for r in 0..rows {
+                        black_box(packed.dot_row_4acts(k, r, acts));
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
