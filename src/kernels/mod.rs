@@ -313,6 +313,8 @@ pub(crate) mod tests {
 
     #[test]
     fn every_supported_kernel_matches_scalar() {
+        let names: Vec<&str> = Kernel::supported().iter().map(|k| k.name()).collect();
+        println!("kernels checked on this CPU: {}", names.join(", "));
         let mut rng = Rng::new(7);
         for k in Kernel::supported() {
             for &n in &[128usize, 256, 384, 1024, 2048, 2176, 2560, 4096, 6912] {
