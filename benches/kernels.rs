@@ -47,12 +47,16 @@ fn bench(c: &mut Criterion) {
     for (cols, rows) in SHAPES {
         let (raw, y) = data(rows, cols);
         let packed = PackedMatrix::from_i2s(&raw, rows, cols, 1.0).unwrap();
-        let ys: Vec<Vec<i8>> = (0..4).map(|j| y.iter().map(|&v| v.wrapping_add(j)).collect()).collect();
+        let ys: Vec<Vec<i8>> = (0..4)
+            .map(|j| y.iter().map(|&v| v.wrapping_add(j)).collect())
+            .collect();
         let row_bytes = cols / 4;
         let mut out = vec![0i32; rows];
         let mut g = c.benchmark_group(format!("{cols}x{rows}"));
         g.throughput(Throughput::Elements((rows * cols) as u64));
-        g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        g.sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
         for k in Kernel::supported() {
             g.bench_function(BenchmarkId::new(k.name(), "raw"), |b| {
                 b.iter(|| {
@@ -68,7 +72,9 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(k.name(), "raw4"), |b| {
                 b.iter(|| {
                     for r in (0..rows).step_by(4) {
-                        let w: [&[u8]; 4] = std::array::from_fn(|j| &raw[(r + j) * row_bytes..(r + j + 1) * row_bytes]);
+                        let w: [&[u8]; 4] = std::array::from_fn(|j| {
+                            &raw[(r + j) * row_bytes..(r + j + 1) * row_bytes]
+                        });
                         out[r..r + 4].copy_from_slice(&kernels::dot_4rows_with(k, w, 32, &y));
                     }
                     black_box(&out);
@@ -85,8 +91,13 @@ fn bench(c: &mut Criterion) {
 
         let mut g = c.benchmark_group(format!("{cols}x{rows}_4acts"));
         g.throughput(Throughput::Elements((4 * rows * cols) as u64));
-        g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-        for k in Kernel::supported().into_iter().filter(|&k| k != Kernel::Scalar) {
+        g.sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for k in Kernel::supported()
+            .into_iter()
+            .filter(|&k| k != Kernel::Scalar)
+        {
             g.bench_function(BenchmarkId::new(k.name(), "cached_4acts"), |b| {
                 let acts = [&ys[0][..], &ys[1][..], &ys[2][..], &ys[3][..]];
                 b.iter(|| {
