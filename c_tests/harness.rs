@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -120,13 +121,36 @@ fn header_compiles_as_c11_and_cxx17() {
         .arg(&src));
 }
 
+/// Builds the static library with the same cargo and profile as this test,
+/// in a target directory of its own (`cargo test` builds only the rlib),
+/// once per test process.
+fn static_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let target_dir = profile_dir()
+            .parent()
+            .expect("target dir")
+            .join("c-harness");
+        let release = !cfg!(debug_assertions);
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--lib", "--manifest-path"])
+            .arg(root().join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target_dir);
+        if release {
+            cmd.arg("--release");
+        }
+        run(&mut cmd);
+        let lib = target_dir
+            .join(if release { "release" } else { "debug" })
+            .join("libbitnet_stfma.a");
+        assert!(lib.exists(), "{} was not built", lib.display());
+        lib
+    })
+    .clone()
+}
+
 fn build_and_run(name: &str) {
-    let lib = profile_dir().join("libbitnet_stfma.a");
-    assert!(
-        lib.exists(),
-        "{} is missing: it is built with the library by `cargo test`",
-        lib.display()
-    );
+    let lib = static_lib();
     let exe = out_dir().join(name);
     run(Command::new(cc())
         .args([
