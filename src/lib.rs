@@ -9,9 +9,37 @@
 pub mod cache;
 pub mod error;
 pub mod ffi;
+pub mod gguf;
 pub mod i2s;
 pub mod kernels;
 pub mod matmul;
 pub mod threadpool;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// The shared test fixtures (`../shared/testdata` beside the crate, or
+/// `$BITNET_STFMA_TESTDATA`). When they are missing this returns `None` and
+/// the calling test reports itself skipped, unless `CI` or
+/// `BITNET_STFMA_REQUIRE_TESTDATA` is set, in which case it panics: CI must
+/// never pass by skipping.
+#[doc(hidden)]
+pub fn testdata_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("BITNET_STFMA_TESTDATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+        });
+    if dir.join("bitnet-tiny.gguf").is_file() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some()
+        || std::env::var_os("BITNET_STFMA_REQUIRE_TESTDATA").is_some()
+    {
+        panic!(
+            "test fixtures not found at {} (set BITNET_STFMA_TESTDATA)",
+            dir.display()
+        );
+    }
+    None
+}
