@@ -7,14 +7,21 @@
 //! - [`threadpool`]: the persistent worker pool.
 //! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
 pub mod cache;
+pub mod embedding;
 pub mod error;
 pub mod ffi;
 pub mod gguf;
 pub mod i2s;
 pub mod kernels;
 pub mod matmul;
+pub mod model;
 pub mod threadpool;
 pub mod tokenizer;
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "bitnet-stfma reads little-endian GGUF data in place and supports little-endian targets only"
+);
 
 pub use error::{Error, ErrorKind, Result};
 

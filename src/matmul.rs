@@ -5,7 +5,7 @@
 use crate::cache::{PackedMatrix, TILE_ROWS};
 use crate::i2s::{self, ActQuant};
 use crate::kernels::{self, Kernel};
-use crate::threadpool::ThreadPool;
+use crate::threadpool::{DisjointMut, ThreadPool};
 
 /// Activation columns quantized to I8_S, allocated once and reused.
 pub struct ActBatch {
@@ -80,7 +80,7 @@ pub fn matmul_with(
     assert_eq!(acts.len(), w.cols(), "activation length != matrix columns");
     assert!(out.len() >= rows * cols, "output too small");
     let tasks = rows.div_ceil(ROWS_PER_TASK);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = DisjointMut::new(out);
     pool.run(tasks, &|t| {
         let r0 = t * ROWS_PER_TASK;
         let r1 = (r0 + ROWS_PER_TASK).min(rows);
@@ -102,7 +102,7 @@ pub fn matmul_with(
             for (j, &(_, q)) in a.iter().enumerate() {
                 // SAFETY: each task writes only rows r0..r1 of each column,
                 // disjoint from every other task; `out` outlives `run`.
-                let o = unsafe { out_ptr.slice((c + j) * rows + r0, r1 - r0) };
+                let o = unsafe { out_ptr.part((c + j) * rows + r0, r1 - r0) };
                 finish_into(
                     &dots[j * ROWS_PER_TASK..j * ROWS_PER_TASK + (r1 - r0)],
                     q,
@@ -116,7 +116,7 @@ pub fn matmul_with(
             let (y, q) = acts.col(c);
             w.dot_rows(k, r0..r1, y, &mut dots[..r1 - r0]);
             // SAFETY: as above.
-            let o = unsafe { out_ptr.slice(c * rows + r0, r1 - r0) };
+            let o = unsafe { out_ptr.part(c * rows + r0, r1 - r0) };
             finish_into(&dots[..r1 - r0], q, w.scale(), o);
             c += 1;
         }
@@ -130,22 +130,6 @@ fn finish_into(dots: &[i32], q: ActQuant, w_scale: f32, out: &mut [f32]) {
 }
 
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE_ROWS));
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint output ranges to pool tasks.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// # Safety
-    /// `start..start+len` is in bounds and no other thread touches it.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
-        // SAFETY: by the function's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -197,6 +197,32 @@ impl Drop for ThreadPool {
     }
 }
 
+/// A mutable buffer shared with pool tasks that each write a disjoint part.
+pub struct DisjointMut<T>(*mut T);
+
+// SAFETY: tasks only get at the buffer through `part`, whose contract
+// requires disjoint ranges.
+unsafe impl<T: Send> Sync for DisjointMut<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for DisjointMut<T> {}
+
+impl<T> DisjointMut<T> {
+    pub fn new(buf: &mut [T]) -> Self {
+        DisjointMut(buf.as_mut_ptr())
+    }
+
+    /// Elements `start..start + len` of the buffer.
+    ///
+    /// # Safety
+    /// The range is inside the buffer, the buffer outlives the use, and no
+    /// other task touches the range meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
+        // SAFETY: by the function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// The number of cores this process may use.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()

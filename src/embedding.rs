@@ -1,0 +1,326 @@
+//! The token embedding / LM head matrix: `vocab` rows of `dim` values in
+//! F32, F16, Q8_0 or Q6_K, read in place from the GGUF map. Rows are
+//! dequantized for embedding lookups; the LM head is a multi-threaded
+//! `logits = E h` with an AVX2/F16C kernel for F16 rows.
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::threadpool::{DisjointMut, ThreadPool};
+
+/// A borrowed row-major matrix of `rows` rows of `dim` values.
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub dim: usize,
+    pub data: &'a [u8],
+}
+
+const Q6K_BYTES: usize = 210;
+const Q8_0_BYTES: usize = 34;
+
+impl<'a> Matrix<'a> {
+    pub fn new(ty: GgmlType, rows: usize, dim: usize, data: &'a [u8]) -> Result<Self> {
+        let row = Self::row_bytes_of(ty, dim)?;
+        if data.len() < row * rows {
+            return Err(Error::format(format!(
+                "{ty} matrix {rows}x{dim} needs {} bytes, has {}",
+                row * rows,
+                data.len()
+            )));
+        }
+        Ok(Matrix {
+            ty,
+            rows,
+            dim,
+            data,
+        })
+    }
+
+    fn row_bytes_of(ty: GgmlType, dim: usize) -> Result<usize> {
+        Ok(match ty {
+            GgmlType::F32 => dim * 4,
+            GgmlType::F16 => dim * 2,
+            GgmlType::Q8_0 if dim % 32 == 0 => dim / 32 * Q8_0_BYTES,
+            GgmlType::Q6K if dim % 256 == 0 => dim / 256 * Q6K_BYTES,
+            _ => {
+                return Err(Error::unsupported(format!(
+                    "embedding/output type {ty} with row length {dim} is not supported (F32, F16, Q8_0, Q6_K are)"
+                )))
+            }
+        })
+    }
+
+    fn row_bytes(&self) -> usize {
+        Self::row_bytes_of(self.ty, self.dim).expect("checked in new")
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `r` into `out` (`dim` floats).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.dim);
+        let row = self.row(r);
+        match self.ty {
+            GgmlType::F32 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+            GgmlType::F16 => {
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                    *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                }
+            }
+            GgmlType::Q8_0 => {
+                for (blk, o) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(32)) {
+                    let d = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    for (v, &q) in o.iter_mut().zip(&blk[2..]) {
+                        *v = d * (q as i8) as f32;
+                    }
+                }
+            }
+            GgmlType::Q6K => {
+                for (blk, o) in row.chunks_exact(Q6K_BYTES).zip(out.chunks_exact_mut(256)) {
+                    dequantize_q6k_block(blk, o);
+                }
+            }
+            _ => unreachable!("checked in new"),
+        }
+    }
+
+    /// `out[r] = row_r · x` for rows `rows`, single-threaded.
+    fn dot_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        x: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        for (o, r) in out.iter_mut().zip(rows) {
+            *o = match self.ty {
+                GgmlType::F16 => dot_f16(self.row(r), x),
+                _ => {
+                    self.dequantize_row(r, scratch);
+                    scratch.iter().zip(x).map(|(a, b)| a * b).sum()
+                }
+            };
+        }
+    }
+
+    /// `out = M x` over all rows, split over the pool.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32], pool: &ThreadPool) {
+        assert!(x.len() == self.dim && out.len() >= self.rows);
+        const CHUNK: usize = 512;
+        let tasks = self.rows.div_ceil(CHUNK);
+        let out_ptr = DisjointMut::new(out);
+        pool.run(tasks, &|t| {
+            let r0 = t * CHUNK;
+            let r1 = (r0 + CHUNK).min(self.rows);
+            let mut scratch = if self.ty == GgmlType::F16 {
+                Vec::new()
+            } else {
+                vec![0f32; self.dim]
+            };
+            // SAFETY: tasks write disjoint ranges r0..r1 of `out`, which
+            // outlives `run`.
+            let o = unsafe { out_ptr.part(r0, r1 - r0) };
+            self.dot_rows(r0..r1, x, o, &mut scratch);
+        });
+    }
+}
+
+fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {
+    let (ql, rest) = b.split_at(128);
+    let (qh, rest) = rest.split_at(64);
+    let (sc, d) = rest.split_at(16);
+    let d = f16::from_bits(u16::from_le_bytes([d[0], d[1]])).to_f32();
+    for half in 0..2 {
+        let (ql, qh, sc, y) = (
+            &ql[64 * half..],
+            &qh[32 * half..],
+            &sc[8 * half..],
+            &mut y[128 * half..],
+        );
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+/// Dot of a row of little-endian f16 values with f32 `x`, accumulated in f32.
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C, FMA and AVX2 are present; lengths are checked inside.
+        return unsafe { dot_f16_f16c(row, x) };
+    }
+    dot_f16_scalar(row, x)
+}
+
+pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (b, &v)) in row.chunks_exact(2).zip(x).enumerate() {
+        acc[i % 8] += f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() * v;
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("f16c")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("avx2")
+    })
+}
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_f16c(row: &[u8], x: &[f32]) -> f32 {
+    use core::arch::x86_64::*;
+    let n = x.len().min(row.len() / 2);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8*j + 8 <= n elements are in bounds of both.
+            unsafe {
+                let w = _mm256_cvtph_ps(_mm_loadu_si128(
+                    row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i
+                ));
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), *a);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: as above.
+        unsafe {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i));
+            acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+        }
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: 8 floats of room.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += f16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32() * x[i];
+        i += 1;
+    }
+    total
+}
+
+/// `out += a * v` for a row of little-endian f16 values `v`.
+pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C, FMA and AVX2 are present; lengths are checked inside.
+        unsafe { axpy_f16_f16c(a, v, out) };
+        return;
+    }
+    for (o, b) in out.iter_mut().zip(v.chunks_exact(2)) {
+        *o += a * f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16_f16c(a: f32, v: &[u8], out: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let n = out.len().min(v.len() / 2);
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n elements are in bounds of both.
+        unsafe {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * i) as *const __m128i));
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(av, w, _mm256_loadu_ps(o)));
+        }
+        i += 8;
+    }
+    while i < n {
+        out[i] += a * f16::from_bits(u16::from_le_bytes([v[2 * i], v[2 * i + 1]])).to_f32();
+        i += 1;
+    }
+}
+
+/// Views f16 values as their little-endian bytes.
+pub fn f16_bytes(v: &[u16]) -> &[u8] {
+    // SAFETY: u8 has alignment 1 and the length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 2) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_dot_kernels_agree() {
+        for n in [1usize, 7, 8, 31, 32, 100, 2560] {
+            let w: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    f16::from_f32((i as f32 * 0.37).sin())
+                        .to_bits()
+                        .to_le_bytes()
+                })
+                .collect();
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = (0..n)
+                .map(|i| {
+                    f16::from_bits(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])).to_f64()
+                        * x[i] as f64
+                })
+                .sum();
+            assert!((dot_f16(&w, &x) as f64 - want).abs() < 1e-3, "n={n}");
+            assert!((dot_f16_scalar(&w, &x) as f64 - want).abs() < 1e-3, "n={n}");
+        }
+    }
+
+    #[test]
+    fn q8_0_and_q6k_dequantize() {
+        // Q8_0: d = 0.5, q = -3..29
+        let mut blk = f16::from_f32(0.5).to_bits().to_le_bytes().to_vec();
+        blk.extend((0..32).map(|i| (i as i8 - 3) as u8));
+        let m = Matrix::new(GgmlType::Q8_0, 1, 32, &blk).unwrap();
+        let mut out = vec![0f32; 32];
+        m.dequantize_row(0, &mut out);
+        assert_eq!(out[0], -1.5);
+        assert_eq!(out[31], 14.0);
+        // Q6_K: all 6-bit values 33 (q = 1), scales 2, d = 0.25 -> every weight 0.5
+        let mut b = vec![0u8; 210];
+        b[..128].fill(0x11); // low nibbles 1
+        b[128..192].fill(0xAA); // high 2 bits = 2 -> 1 | 2<<4 = 33
+        b[192..208].fill(2);
+        b[208..210].copy_from_slice(&f16::from_f32(0.25).to_bits().to_le_bytes());
+        let m = Matrix::new(GgmlType::Q6K, 1, 256, &b).unwrap();
+        let mut out = vec![0f32; 256];
+        m.dequantize_row(0, &mut out);
+        assert!(out.iter().all(|&v| v == 0.5), "{:?}", &out[..4]);
+        assert!(Matrix::new(GgmlType::Q6K, 2, 256, &b).is_err());
+        assert!(Matrix::new(GgmlType::Q4K, 1, 256, &b).is_err());
+    }
+}

@@ -1,0 +1,786 @@
+//! The BitNet b1.58 model (bitnet.cpp's `build_bitnet_158` graph, as used by
+//! BitNet-b1.58-2B-4T), in the plain style of llama2.c: a [`Config`] read
+//! from the GGUF, the [`Model`] weights (ternary matrices repacked once into
+//! the kernels' layout, the embedding borrowed from the map), and a
+//! [`Session`] whose every buffer, f16 KV cache included, is allocated once.
+//!
+//! The arithmetic follows bitnet.cpp where it matters for matching logits:
+//! activations quantized to int8 per token before each ternary matmul,
+//! rmsnorm sums in f64, NEOX RoPE with ggml's iterated angle, and f16
+//! rounding of the KV cache, of q before q·k, of the softmax weights before
+//! they weight V, and of the final hidden state before the LM head.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::cache::PackedMatrix;
+use crate::embedding::{self, Matrix};
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Gguf, TensorInfo, Value};
+use crate::matmul::{self, ActBatch};
+use crate::threadpool::{DisjointMut, ThreadPool};
+use crate::tokenizer::Tokenizer;
+
+/// Architectures this runner accepts (same graph).
+pub const ARCHITECTURES: [&str; 2] = ["bitnet-25", "bitnet-b1.58"];
+
+/// Hyperparameters, all read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: String,
+    pub dim: usize,
+    pub ffn_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub vocab_size: usize,
+    pub ctx_len: usize,
+    pub rope_theta: f32,
+    pub eps: f32,
+}
+
+impl Config {
+    pub fn from_gguf(g: &Gguf) -> Result<Config> {
+        let arch = g
+            .architecture()
+            .ok_or_else(|| Error::format("general.architecture is missing"))?;
+        if arch == "bitnet" {
+            return Err(Error::unsupported(
+                "architecture 'bitnet' (1bitLLM models) is an older, different graph; only bitnet-25 / bitnet-b1.58 are supported",
+            ));
+        }
+        if !ARCHITECTURES.contains(&arch) {
+            return Err(Error::unsupported(format!(
+                "architecture '{arch}' is not a BitNet b1.58 model (expected one of {ARCHITECTURES:?})"
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let int = |k: &str| -> Result<usize> {
+            let v = g
+                .get(&key(k))
+                .ok_or_else(|| Error::format(format!("metadata key '{}' is missing", key(k))))?;
+            v.as_u64()
+                .filter(|&x| x > 0 && x <= 1 << 24)
+                .map(|x| x as usize)
+                .ok_or_else(|| {
+                    Error::format(format!(
+                        "metadata key '{}' = {v:?} is not a positive integer",
+                        key(k)
+                    ))
+                })
+        };
+        let float = |k: &str, default: f64| -> Result<f32> {
+            match g.get(&key(k)) {
+                None => Ok(default as f32),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| {
+                        Error::format(format!(
+                            "metadata key '{}' = {v:?} is not a positive number",
+                            key(k)
+                        ))
+                    }),
+            }
+        };
+        let dim = int("embedding_length")?;
+        let n_heads = int("attention.head_count")?;
+        let n_kv_heads = match g.get(&key("attention.head_count_kv")) {
+            None => n_heads,
+            Some(_) => int("attention.head_count_kv")?,
+        };
+        if dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::format(format!(
+                "{dim} dims do not split into {n_heads} heads sharing {n_kv_heads} KV heads"
+            )));
+        }
+        let head_dim = dim / n_heads;
+        if head_dim > 512 {
+            return Err(Error::unsupported(format!(
+                "head size {head_dim} is above the supported 512"
+            )));
+        }
+        let rope_dim = match g.get(&key("rope.dimension_count")) {
+            None => head_dim,
+            Some(_) => int("rope.dimension_count")?,
+        };
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(Error::format(format!(
+                "rope.dimension_count {rope_dim} does not fit head size {head_dim}"
+            )));
+        }
+        let vocab_size = match g.get(&key("vocab_size")) {
+            Some(_) => int("vocab_size")?,
+            None => match g.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
+                Some(a) => a.len(),
+                None => {
+                    return Err(Error::format(
+                        "neither vocab_size nor tokenizer.ggml.tokens is present",
+                    ))
+                }
+            },
+        };
+        Ok(Config {
+            arch: arch.to_string(),
+            dim,
+            ffn_dim: int("feed_forward_length")?,
+            n_layers: int("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dim,
+            vocab_size,
+            ctx_len: int("context_length")?,
+            rope_theta: float("rope.freq_base", 10000.0)?,
+            eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
+        })
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: PackedMatrix,
+    wk: PackedMatrix,
+    wv: PackedMatrix,
+    wo: PackedMatrix,
+    attn_sub_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    w_gate: PackedMatrix,
+    w_up: PackedMatrix,
+    w_down: PackedMatrix,
+    ffn_sub_norm: Vec<f32>,
+}
+
+/// A loaded model: weights and tokenizer.
+pub struct Model {
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    gguf: Arc<Gguf>,
+    embed: TensorInfo,
+    head: TensorInfo,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    /// `tokenizer.chat_template`, if the file has one.
+    pub chat_template: Option<String>,
+}
+
+fn check_dims(t: &TensorInfo, want: &[u64]) -> Result<()> {
+    if t.dims != want {
+        return Err(Error::format(format!(
+            "tensor '{}' has shape {:?}, the metadata implies {want:?}",
+            t.name, t.dims
+        )));
+    }
+    Ok(())
+}
+
+fn f32_vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+    let (t, data) = g.tensor(name)?;
+    check_dims(t, &[len as u64])?;
+    match t.ty {
+        GgmlType::F32 => Ok(data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()),
+        GgmlType::F16 => Ok(data
+            .chunks_exact(2)
+            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect()),
+        ty => Err(Error::unsupported(format!(
+            "norm tensor '{name}' has type {ty}; F32 or F16 expected"
+        ))),
+    }
+}
+
+fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
+    let (t, data) = g.tensor(name)?;
+    check_dims(t, &[cols as u64, rows as u64])?;
+    if t.ty != GgmlType::I2S {
+        return Err(Error::unsupported(format!(
+            "tensor '{name}' has type {}; this runner needs I2_S ternary weights",
+            t.ty
+        )));
+    }
+    PackedMatrix::from_i2s_tensor(data, rows, cols)
+        .map_err(|e| Error::new(e.kind, format!("tensor '{name}': {}", e.message)))
+}
+
+impl Model {
+    /// Loads a BitNet b1.58 GGUF: validates every tensor against the
+    /// metadata and repacks the ternary weights once (the only copy kept).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let g = Gguf::open(path)?;
+        Self::from_gguf(Arc::new(g))
+    }
+
+    pub fn from_gguf(g: Arc<Gguf>) -> Result<Model> {
+        let config = Config::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(Error::format(format!(
+                "the tokenizer has {} tokens but vocab_size is {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        if tokenizer.bos.is_none() || tokenizer.eos.is_none() {
+            return Err(Error::format("the vocabulary defines no BOS or no EOS token (tokenizer.ggml.bos_token_id / eos_token_id)"));
+        }
+        let c = &config;
+        let (d, v) = (c.dim as u64, c.vocab_size as u64);
+        let embed = g.tensor("token_embd.weight")?.0.clone();
+        check_dims(&embed, &[d, v])?;
+        Matrix::new(embed.ty, c.vocab_size, c.dim, g.tensor_data(&embed))
+            .map_err(|e| Error::new(e.kind, format!("token_embd.weight: {}", e.message)))?;
+        let head = match g.tensor_info("output.weight") {
+            Some(t) => {
+                check_dims(t, &[d, v])?;
+                Matrix::new(t.ty, c.vocab_size, c.dim, g.tensor_data(t))
+                    .map_err(|e| Error::new(e.kind, format!("output.weight: {}", e.message)))?;
+                t.clone()
+            }
+            None => embed.clone(),
+        };
+        let output_norm = f32_vector(&g, "output_norm.weight", c.dim)?;
+        let (kv, ff) = (c.kv_dim(), c.ffn_dim);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: f32_vector(&g, &n("attn_norm"), c.dim)?,
+                wq: ternary(&g, &n("attn_q"), c.dim, c.dim)?,
+                wk: ternary(&g, &n("attn_k"), c.dim, kv)?,
+                wv: ternary(&g, &n("attn_v"), c.dim, kv)?,
+                wo: ternary(&g, &n("attn_output"), c.dim, c.dim)?,
+                attn_sub_norm: f32_vector(&g, &n("attn_sub_norm"), c.dim)?,
+                ffn_norm: f32_vector(&g, &n("ffn_norm"), c.dim)?,
+                w_gate: ternary(&g, &n("ffn_gate"), c.dim, ff)?,
+                w_up: ternary(&g, &n("ffn_up"), c.dim, ff)?,
+                w_down: ternary(&g, &n("ffn_down"), ff, c.dim)?,
+                ffn_sub_norm: f32_vector(&g, &n("ffn_sub_norm"), ff)?,
+            });
+        }
+        let chat_template = g.get_str("tokenizer.chat_template").map(str::to_string);
+        Ok(Model {
+            config,
+            tokenizer,
+            gguf: g,
+            embed,
+            head,
+            output_norm,
+            layers,
+            chat_template,
+        })
+    }
+
+    fn embed_matrix(&self) -> Matrix<'_> {
+        Matrix {
+            ty: self.embed.ty,
+            rows: self.config.vocab_size,
+            dim: self.config.dim,
+            data: self.gguf.tensor_data(&self.embed),
+        }
+    }
+
+    fn head_matrix(&self) -> Matrix<'_> {
+        Matrix {
+            ty: self.head.ty,
+            rows: self.config.vocab_size,
+            dim: self.config.dim,
+            data: self.gguf.tensor_data(&self.head),
+        }
+    }
+
+    /// The type of the LM head matrix.
+    pub fn head_type(&self) -> GgmlType {
+        self.head.ty
+    }
+
+    /// Bytes of ternary weights held (repacked).
+    pub fn ternary_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes().len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// Where a forward pass spent its time (accumulated).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub ternary: std::time::Duration,
+    pub head: std::time::Duration,
+    pub attention: std::time::Duration,
+    pub other: std::time::Duration,
+}
+
+/// Inference state: KV cache and every per-token buffer, allocated once.
+pub struct Session<'m> {
+    pub model: &'m Model,
+    pool: ThreadPool,
+    ctx: usize,
+    max_batch: usize,
+    pos: usize,
+    kcache: Vec<u16>,
+    vcache: Vec<u16>,
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    xb2: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    hb: Vec<f32>,
+    hb2: Vec<f32>,
+    scores: Vec<f32>,
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+    acts_dim: ActBatch,
+    acts_ffn: ActBatch,
+    pub timings: Timings,
+}
+
+impl<'m> Session<'m> {
+    /// A session with a KV cache of `ctx` tokens (0: the model's context
+    /// length), processing prompts in batches of up to `max_batch` tokens,
+    /// on `threads` threads (0: all cores).
+    pub fn new(model: &'m Model, ctx: usize, max_batch: usize, threads: usize) -> Result<Self> {
+        let c = &model.config;
+        let ctx = if ctx == 0 { c.ctx_len } else { ctx };
+        let b = max_batch.max(1);
+        let kv_len = c
+            .n_layers
+            .checked_mul(ctx)
+            .and_then(|x| x.checked_mul(c.kv_dim()))
+            .filter(|&x| x <= 1 << 34)
+            .ok_or_else(|| Error::invalid(format!("a KV cache of {ctx} tokens is too large")))?;
+        let zeros = |n: usize| vec![0f32; n];
+        Ok(Session {
+            model,
+            pool: ThreadPool::new(threads),
+            ctx,
+            max_batch: b,
+            pos: 0,
+            kcache: vec![0; kv_len],
+            vcache: vec![0; kv_len],
+            x: zeros(b * c.dim),
+            xb: zeros(b * c.dim),
+            xb2: zeros(b * c.dim),
+            q: zeros(b * c.dim),
+            k: zeros(b * c.kv_dim()),
+            v: zeros(b * c.kv_dim()),
+            att: zeros(b * c.dim),
+            hb: zeros(b * c.ffn_dim),
+            hb2: zeros(b * c.ffn_dim),
+            scores: zeros(c.n_heads * ctx),
+            hidden: zeros(c.dim),
+            logits: zeros(c.vocab_size),
+            acts_dim: ActBatch::new(c.dim, b),
+            acts_ffn: ActBatch::new(c.ffn_dim, b),
+            timings: Timings::default(),
+        })
+    }
+
+    /// Tokens in the KV cache.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+    /// Forgets the cache from position `pos` on.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Feeds `tokens` at the current position and returns the logits after
+    /// the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.feed(tokens, &mut |_, _| {})?;
+        Ok(&self.logits)
+    }
+
+    /// Feeds `tokens`, calling `each(i, logits)` after every token `i`
+    /// (teacher forcing: the logits predict token `i + 1`).
+    pub fn forward_all(
+        &mut self,
+        tokens: &[u32],
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.feed_impl(tokens, true, each)
+    }
+
+    fn feed(&mut self, tokens: &[u32], each: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        self.feed_impl(tokens, false, each)
+    }
+
+    fn feed_impl(
+        &mut self,
+        tokens: &[u32],
+        all: bool,
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to process (empty prompt)"));
+        }
+        if self.pos + tokens.len() > self.ctx {
+            return Err(Error::invalid(format!(
+                "{} tokens do not fit: {} already in a context of {}",
+                tokens.len(),
+                self.pos,
+                self.ctx
+            )));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut done = 0;
+        for chunk in tokens.chunks(self.max_batch) {
+            self.batch(chunk);
+            for t in 0..chunk.len() {
+                if all || done + t == tokens.len() - 1 {
+                    self.logits_for(t);
+                    each(done + t, &self.logits);
+                }
+            }
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Runs the transformer over one batch at the current position.
+    fn batch(&mut self, tokens: &[u32]) {
+        let m = self.model;
+        let c = &m.config;
+        let (dim, kv, ff, t_n) = (c.dim, c.kv_dim(), c.ffn_dim, tokens.len());
+        let pos0 = self.pos;
+        let t0 = std::time::Instant::now();
+        let embed = m.embed_matrix();
+        for (t, &tok) in tokens.iter().enumerate() {
+            embed.dequantize_row(tok as usize, &mut self.x[t * dim..(t + 1) * dim]);
+        }
+        let mut tern = std::time::Duration::ZERO;
+        let mut attn = std::time::Duration::ZERO;
+        for (l, layer) in m.layers.iter().enumerate() {
+            for t in 0..t_n {
+                rmsnorm(
+                    &mut self.xb[t * dim..(t + 1) * dim],
+                    &self.x[t * dim..(t + 1) * dim],
+                    &layer.attn_norm,
+                    c.eps,
+                );
+            }
+            let s = std::time::Instant::now();
+            self.acts_dim.quantize(&self.xb[..t_n * dim]);
+            matmul::matmul(&layer.wq, &self.acts_dim, &mut self.q, &self.pool);
+            matmul::matmul(&layer.wk, &self.acts_dim, &mut self.k, &self.pool);
+            matmul::matmul(&layer.wv, &self.acts_dim, &mut self.v, &self.pool);
+            tern += s.elapsed();
+
+            let s = std::time::Instant::now();
+            for t in 0..t_n {
+                let p = pos0 + t;
+                rope(
+                    &mut self.q[t * dim..(t + 1) * dim],
+                    c.head_dim,
+                    c.rope_dim,
+                    p,
+                    c.rope_theta,
+                );
+                rope(
+                    &mut self.k[t * kv..(t + 1) * kv],
+                    c.head_dim,
+                    c.rope_dim,
+                    p,
+                    c.rope_theta,
+                );
+                let at = (l * self.ctx + p) * kv;
+                for (dst, &src) in self.kcache[at..at + kv]
+                    .iter_mut()
+                    .zip(&self.k[t * kv..(t + 1) * kv])
+                {
+                    *dst = f16::from_f32(src).to_bits();
+                }
+                for (dst, &src) in self.vcache[at..at + kv]
+                    .iter_mut()
+                    .zip(&self.v[t * kv..(t + 1) * kv])
+                {
+                    *dst = f16::from_f32(src).to_bits();
+                }
+            }
+            self.attention(l, pos0, t_n);
+            attn += s.elapsed();
+
+            for t in 0..t_n {
+                let a = &mut self.att[t * dim..(t + 1) * dim];
+                rmsnorm_inplace(a, &layer.attn_sub_norm, c.eps);
+            }
+            let s = std::time::Instant::now();
+            self.acts_dim.quantize(&self.att[..t_n * dim]);
+            matmul::matmul(&layer.wo, &self.acts_dim, &mut self.xb2, &self.pool);
+            tern += s.elapsed();
+            for (x, d) in self.x[..t_n * dim].iter_mut().zip(&self.xb2) {
+                *x += d;
+            }
+
+            for t in 0..t_n {
+                rmsnorm(
+                    &mut self.xb[t * dim..(t + 1) * dim],
+                    &self.x[t * dim..(t + 1) * dim],
+                    &layer.ffn_norm,
+                    c.eps,
+                );
+            }
+            let s = std::time::Instant::now();
+            self.acts_dim.quantize(&self.xb[..t_n * dim]);
+            matmul::matmul(&layer.w_gate, &self.acts_dim, &mut self.hb, &self.pool);
+            matmul::matmul(&layer.w_up, &self.acts_dim, &mut self.hb2, &self.pool);
+            tern += s.elapsed();
+            for (g, u) in self.hb[..t_n * ff].iter_mut().zip(&self.hb2) {
+                let r = g.max(0.0);
+                *g = r * r * u;
+            }
+            for t in 0..t_n {
+                rmsnorm_inplace(
+                    &mut self.hb[t * ff..(t + 1) * ff],
+                    &layer.ffn_sub_norm,
+                    c.eps,
+                );
+            }
+            let s = std::time::Instant::now();
+            self.acts_ffn.quantize(&self.hb[..t_n * ff]);
+            matmul::matmul(&layer.w_down, &self.acts_ffn, &mut self.xb2, &self.pool);
+            tern += s.elapsed();
+            for (x, d) in self.x[..t_n * dim].iter_mut().zip(&self.xb2) {
+                *x += d;
+            }
+        }
+        self.pos += t_n;
+        self.timings.ternary += tern;
+        self.timings.attention += attn;
+        self.timings.other += t0.elapsed().saturating_sub(tern + attn);
+    }
+
+    /// Causal attention for the batch's tokens, heads split over the pool.
+    fn attention(&mut self, l: usize, pos0: usize, t_n: usize) {
+        let c = &self.model.config;
+        let (hd, kv, dim, ctx) = (c.head_dim, c.kv_dim(), c.dim, self.ctx);
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let kcache = embedding::f16_bytes(&self.kcache[l * ctx * kv..(l + 1) * ctx * kv]);
+        let vcache = embedding::f16_bytes(&self.vcache[l * ctx * kv..(l + 1) * ctx * kv]);
+        let q = &self.q;
+        let att = DisjointMut::new(&mut self.att);
+        let scores = DisjointMut::new(&mut self.scores);
+        self.pool.run(c.n_heads, &|h| {
+            let kvh = h / group;
+            // SAFETY: task h alone uses scores[h*ctx..(h+1)*ctx] and the
+            // head-h slices of `att`; both outlive `run`.
+            let sc = unsafe { scores.part(h * ctx, ctx) };
+            let mut qh = [0f32; 512];
+            let qh = &mut qh[..hd];
+            for t in 0..t_n {
+                let p = pos0 + t;
+                for (d, &v) in qh
+                    .iter_mut()
+                    .zip(&q[t * dim + h * hd..t * dim + (h + 1) * hd])
+                {
+                    *d = f16::from_f32(v).to_f32();
+                }
+                let mut max = f32::NEG_INFINITY;
+                for (s, score) in sc[..=p].iter_mut().enumerate() {
+                    let krow = &kcache[2 * (s * kv + kvh * hd)..2 * (s * kv + (kvh + 1) * hd)];
+                    *score = embedding::dot_f16(krow, qh) * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0f64;
+                for score in sc[..=p].iter_mut() {
+                    *score = (*score - max).exp();
+                    sum += *score as f64;
+                }
+                let inv = (1.0 / sum) as f32;
+                // SAFETY: see above.
+                let out = unsafe { att.part(t * dim + h * hd, hd) };
+                out.fill(0.0);
+                for (s, &score) in sc[..=p].iter().enumerate() {
+                    let a = f16::from_f32(score * inv).to_f32();
+                    let vrow = &vcache[2 * (s * kv + kvh * hd)..2 * (s * kv + (kvh + 1) * hd)];
+                    embedding::axpy_f16(a, vrow, out);
+                }
+            }
+        });
+    }
+
+    /// Logits for token `t` of the last batch into `self.logits`.
+    fn logits_for(&mut self, t: usize) {
+        let s = std::time::Instant::now();
+        let m = self.model;
+        let dim = m.config.dim;
+        rmsnorm(
+            &mut self.hidden,
+            &self.x[t * dim..(t + 1) * dim],
+            &m.output_norm,
+            m.config.eps,
+        );
+        for h in self.hidden.iter_mut() {
+            *h = f16::from_f32(*h).to_f32();
+        }
+        m.head_matrix()
+            .matvec(&self.hidden, &mut self.logits, &self.pool);
+        self.timings.head += s.elapsed();
+    }
+}
+
+/// ggml's rms_norm: the mean square summed in f64, `1/sqrt(mean + eps)` in f32.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let s = rms_scale(x, eps);
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * s) * g;
+    }
+}
+
+fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let s = rms_scale(x, eps);
+    for (v, &g) in x.iter_mut().zip(w) {
+        *v = (*v * s) * g;
+    }
+}
+
+/// NEOX-style RoPE on every head of `x`: pairs (i, i + rope_dim/2), angle
+/// `pos * theta^(-2i/rope_dim)` computed as ggml does (iterated product in f32).
+fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, theta: f32) {
+    let half = rope_dim / 2;
+    let theta_scale = theta.powf(-2.0 / rope_dim as f32);
+    let mut cs = [(0f32, 0f32); 256];
+    let mut angle = pos as f32;
+    for c in cs.iter_mut().take(half) {
+        *c = (angle.cos(), angle.sin());
+        angle *= theta_scale;
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in cs.iter().take(half).enumerate() {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * cos - b * sin;
+            head[i + half] = a * sin + b * cos;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// |logit difference| statistics against bitnet.cpp's top-10 at every
+    /// position, teacher-forced over each reference prompt and its greedy
+    /// continuation.
+    #[test]
+    fn reproduces_bitnet_cpp_logits() {
+        let Some(dir) = crate::testdata_dir() else {
+            eprintln!("SKIPPED model::reproduces_bitnet_cpp_logits: ../shared/testdata not found");
+            return;
+        };
+        let model = Model::load(dir.join("bitnet-tiny.gguf")).unwrap();
+        let refs = std::fs::read_to_string(dir.join("bitnet-tiny.ref.jsonl")).unwrap();
+        let mut diffs = Vec::new();
+        let (mut checked_top1, mut positions) = (0, 0);
+        for line in refs.lines().filter(|l| !l.trim().is_empty()) {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let prompt = r["prompt"].as_str().unwrap();
+            let ref_tokens: Vec<u32> = r["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(
+                model.tokenizer.encode(prompt, true, false),
+                ref_tokens,
+                "tokens of {prompt:?}"
+            );
+            let mut seq = ref_tokens.clone();
+            let mut tops: Vec<&serde_json::Value> =
+                r["prompt_logits"].as_array().unwrap().iter().collect();
+            for g in r["greedy"].as_array().unwrap() {
+                seq.push(g["token"].as_u64().unwrap() as u32);
+                tops.push(&g["next"]);
+            }
+            assert_eq!(tops.len(), seq.len());
+            for batch in [1usize, 7, 64] {
+                let mut s = Session::new(&model, 256, batch, 2).unwrap();
+                s.forward_all(&seq, &mut |i, logits| {
+                    let top = tops[i]["top"].as_array().unwrap();
+                    let pairs: Vec<(usize, f32)> = top
+                        .iter()
+                        .map(|p| {
+                            (
+                                p[0].as_u64().unwrap() as usize,
+                                p[1].as_f64().unwrap() as f32,
+                            )
+                        })
+                        .collect();
+                    if batch == 64 {
+                        for &(id, want) in &pairs {
+                            diffs.push((logits[id] - want).abs());
+                        }
+                        positions += 1;
+                    }
+                    if pairs[0].1 - pairs[1].1 > 1.0 {
+                        let ours = logits
+                            .iter()
+                            .enumerate()
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .unwrap()
+                            .0;
+                        assert_eq!(
+                            ours, pairs[0].0,
+                            "top-1 at position {i} of {prompt:?} (batch {batch})"
+                        );
+                        checked_top1 += 1;
+                    }
+                })
+                .unwrap();
+            }
+        }
+        diffs.sort_by(f32::total_cmp);
+        let q = |f: f64| diffs[((diffs.len() - 1) as f64 * f).round() as usize];
+        let (median, p95, max) = (q(0.5), q(0.95), *diffs.last().unwrap());
+        println!(
+            "reference logits: {positions} positions, {} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}",
+            diffs.len()
+        );
+        assert!(
+            median <= 0.05 && p95 <= 1.0 && max <= 3.0,
+            "median {median} p95 {p95} max {max}"
+        );
+        assert!(checked_top1 > 0);
+    }
+}
