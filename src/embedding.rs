@@ -43,8 +43,8 @@ impl<'a> Matrix<'a> {
         Ok(match ty {
             GgmlType::F32 => dim * 4,
             GgmlType::F16 => dim * 2,
-            GgmlType::Q8_0 if dim % 32 == 0 => dim / 32 * Q8_0_BYTES,
-            GgmlType::Q6K if dim % 256 == 0 => dim / 256 * Q6K_BYTES,
+            GgmlType::Q8_0 if dim.is_multiple_of(32) => dim / 32 * Q8_0_BYTES,
+            GgmlType::Q6K if dim.is_multiple_of(256) => dim / 256 * Q6K_BYTES,
             _ => {
                 return Err(Error::unsupported(format!(
                     "embedding/output type {ty} with row length {dim} is not supported (F32, F16, Q8_0, Q6_K are)"
