@@ -7,6 +7,7 @@
 //! - [`threadpool`]: the persistent worker pool.
 //! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
 pub mod cache;
+pub mod chat;
 pub mod embedding;
 pub mod error;
 pub mod ffi;
@@ -15,6 +16,8 @@ pub mod i2s;
 pub mod kernels;
 pub mod matmul;
 pub mod model;
+pub mod sampler;
+pub mod synthetic;
 pub mod threadpool;
 pub mod tokenizer;
 

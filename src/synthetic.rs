@@ -1,0 +1,326 @@
+//! Synthetic BitNet models in the official layout (architecture
+//! `bitnet-b1.58`, I2_S ternary weights with about 40% zeros, F16 tied
+//! embedding), so anyone can benchmark without downloading the real model.
+//! The vocabulary is copied from a GGUF, or, without one, made up: the 256
+//! byte tokens, BOS/EOS/`<|eot_id|>`, and reserved tokens up to the size.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::gguf::{self, Array, GgmlType, Gguf, TensorSpec, Value};
+use crate::i2s;
+
+/// Model dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub dim: usize,
+    pub ffn_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub vocab_size: usize,
+    pub ctx_len: usize,
+}
+
+impl Shape {
+    /// BitNet-b1.58-2B-4T.
+    pub const B2_4T: Shape = Shape {
+        dim: 2560,
+        ffn_dim: 6912,
+        n_layers: 30,
+        n_heads: 20,
+        n_kv_heads: 5,
+        vocab_size: 128256,
+        ctx_len: 4096,
+    };
+    /// The shape of the shared `bitnet-tiny.gguf` fixture.
+    pub const TINY: Shape = Shape {
+        dim: 256,
+        ffn_dim: 768,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 1,
+        vocab_size: 128256,
+        ctx_len: 4096,
+    };
+
+    pub fn by_name(name: &str) -> Option<Shape> {
+        match name {
+            "2b4t" | "2B-4T" | "2b-4t" => Some(Shape::B2_4T),
+            "tiny" => Some(Shape::TINY),
+            _ => None,
+        }
+    }
+
+    fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Tokenizer metadata: copied from `vocab`, or a made-up byte-level one.
+fn tokenizer_metadata(vocab: Option<&Gguf>, size: usize) -> Result<Vec<(String, Value)>> {
+    if let Some(v) = vocab {
+        let mut out = Vec::new();
+        for (k, val) in v.metadata() {
+            if k.starts_with("tokenizer.") {
+                out.push((k.clone(), val.clone()));
+            }
+        }
+        let n = v
+            .get("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(Array::len)
+            .unwrap_or(0);
+        if n != size {
+            return Err(Error::invalid(format!(
+                "the vocabulary GGUF has {n} tokens, the shape needs {size}"
+            )));
+        }
+        return Ok(out);
+    }
+    if size < 300 {
+        return Err(Error::invalid(
+            "a made-up vocabulary needs at least 300 tokens",
+        ));
+    }
+    // GPT-2 printable byte characters, then specials and reserved tokens.
+    let mut tokens: Vec<String> = Vec::with_capacity(size);
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable =
+            (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            n += 1;
+            255 + n
+        };
+        tokens.push(char::from_u32(c).unwrap().to_string());
+    }
+    let mut types = vec![1i32; 256];
+    let bos = tokens.len() as u32;
+    for s in ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"] {
+        tokens.push(s.into());
+        types.push(3);
+    }
+    while tokens.len() < size {
+        tokens.push(format!("<|reserved_special_token_{}|>", tokens.len()));
+        types.push(3);
+    }
+    Ok(vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.pre".into(),
+            Value::String("llama-bpe".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(Array::String(tokens)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(Array::I32(types)),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(Array::String(vec![])),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(bos + 1)),
+        ("tokenizer.ggml.eot_token_id".into(), Value::U32(bos + 2)),
+    ])
+}
+
+/// Writes a synthetic model to `path`. `progress(done, total)` is called as
+/// tensor bytes are written.
+pub fn write_model(
+    path: &Path,
+    shape: Shape,
+    vocab: Option<&Gguf>,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let a = "bitnet-b1.58";
+    let s = shape;
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("synthetic-bitnet-{}x{}", s.n_layers, s.dim)),
+        ),
+        ("general.alignment".into(), Value::U32(32)),
+    ];
+    let u = |k: &str, v: usize| (format!("{a}.{k}"), Value::U32(v as u32));
+    md.extend([
+        u("vocab_size", s.vocab_size),
+        u("context_length", s.ctx_len),
+        u("embedding_length", s.dim),
+        u("block_count", s.n_layers),
+        u("feed_forward_length", s.ffn_dim),
+        u("rope.dimension_count", s.head_dim()),
+        u("attention.head_count", s.n_heads),
+        u("attention.head_count_kv", s.n_kv_heads),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
+        (format!("{a}.rope.freq_base"), Value::F32(500000.0)),
+    ]);
+    md.extend(tokenizer_metadata(vocab, s.vocab_size)?);
+
+    let (d, f, kv) = (
+        s.dim as u64,
+        s.ffn_dim as u64,
+        (s.n_kv_heads * s.head_dim()) as u64,
+    );
+    let mut tensors = vec![TensorSpec {
+        name: "token_embd.weight".into(),
+        dims: vec![d, s.vocab_size as u64],
+        ty: GgmlType::F16,
+    }];
+    for l in 0..s.n_layers {
+        let t = |n: &str, dims: Vec<u64>, ty| TensorSpec {
+            name: format!("blk.{l}.{n}.weight"),
+            dims,
+            ty,
+        };
+        tensors.extend([
+            t("attn_norm", vec![d], GgmlType::F32),
+            t("attn_q", vec![d, d], GgmlType::I2S),
+            t("attn_k", vec![d, kv], GgmlType::I2S),
+            t("attn_v", vec![d, kv], GgmlType::I2S),
+            t("attn_output", vec![d, d], GgmlType::I2S),
+            t("attn_sub_norm", vec![d], GgmlType::F32),
+            t("ffn_norm", vec![d], GgmlType::F32),
+            t("ffn_gate", vec![d, f], GgmlType::I2S),
+            t("ffn_up", vec![d, f], GgmlType::I2S),
+            t("ffn_down", vec![f, d], GgmlType::I2S),
+            t("ffn_sub_norm", vec![f], GgmlType::F32),
+        ]);
+    }
+    tensors.push(TensorSpec {
+        name: "output_norm.weight".into(),
+        dims: vec![d],
+        ty: GgmlType::F32,
+    });
+    let total: u64 = tensors
+        .iter()
+        .map(|t| t.ty.tensor_bytes(&t.dims).unwrap_or(0))
+        .sum();
+
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::new(crate::ErrorKind::Io, format!("{}: {e}", path.display())))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut done = 0u64;
+    gguf::write(&mut out, &md, &tensors, 32, &mut |i, w| {
+        let t = &tensors[i];
+        let n: u64 = t.dims.iter().product();
+        let mut buf = Vec::with_capacity(1 << 16);
+        match t.ty {
+            GgmlType::F16 => {
+                for _ in 0..n {
+                    // uniform in about [-0.05, 0.05]
+                    let v = ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
+                    buf.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+                    if buf.len() >= 1 << 16 {
+                        w.write_all(&buf)?;
+                        buf.clear();
+                    }
+                }
+            }
+            GgmlType::F32 => {
+                for _ in 0..n {
+                    let v = 1.0 + ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            _ => {
+                // Four codes per byte: 40% zeros (code 1), 30% -1, 30% +1.
+                for _ in 0..n / 4 {
+                    let r = rng.next();
+                    let mut byte = 0u8;
+                    for k in 0..4 {
+                        let x = ((r >> (16 * k)) & 0xFFFF) * 10 / 0x10000;
+                        let code = if x < 4 {
+                            1
+                        } else if x < 7 {
+                            0
+                        } else {
+                            2
+                        };
+                        byte |= code << (2 * k);
+                    }
+                    buf.push(byte);
+                    if buf.len() >= 1 << 16 {
+                        w.write_all(&buf)?;
+                        buf.clear();
+                    }
+                }
+                w.write_all(&buf)?;
+                buf.clear();
+                let mut trailer = [0u8; i2s::TRAILER_BYTES];
+                trailer[..4].copy_from_slice(&1.0f32.to_le_bytes());
+                buf.extend_from_slice(&trailer);
+            }
+        }
+        w.write_all(&buf)?;
+        done += t.ty.tensor_bytes(&t.dims).unwrap_or(0);
+        progress(done, total);
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Model, Session};
+
+    #[test]
+    fn a_small_synthetic_model_loads_and_runs() {
+        let shape = Shape {
+            dim: 256,
+            ffn_dim: 384,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 512,
+            ctx_len: 64,
+        };
+        let path = std::env::temp_dir().join(format!("bitnet-synth-{}.gguf", std::process::id()));
+        write_model(&path, shape, None, 7, &mut |_, _| {}).unwrap();
+        let model = Model::load(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(model.config.n_kv_heads, 2);
+        assert_eq!(
+            model.tokenizer.encode("hi", true, false),
+            vec![256, b'h' as u32, b'i' as u32]
+        );
+        let mut s = Session::new(&model, 0, 4, 1).unwrap();
+        let logits = s.forward(&[256, 10, 20]).unwrap();
+        assert_eq!(logits.len(), 512);
+        assert!(logits.iter().all(|l| l.is_finite()));
+        assert!(s.forward(&[600]).is_err(), "token outside the vocabulary");
+        let too_long = vec![1u32; 70];
+        assert!(s
+            .forward(&too_long)
+            .unwrap_err()
+            .message
+            .contains("do not fit"));
+    }
+}
