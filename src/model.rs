@@ -413,6 +413,35 @@ impl<'m> Session<'m> {
         self.pos = 0;
     }
 
+    /// Fills the KV cache up to position `n` with arbitrary values, for
+    /// benchmarks of decoding at depth (attention costs the same whatever
+    /// the cached values are).
+    pub fn fill_cache_for_benchmark(&mut self, n: usize) -> Result<()> {
+        if n > self.ctx {
+            return Err(Error::invalid(format!(
+                "depth {n} exceeds the context of {}",
+                self.ctx
+            )));
+        }
+        let kv = self.model.config.kv_dim();
+        let mut h = 0x2545_F491_4F6C_DD1Du64;
+        for l in 0..self.model.config.n_layers {
+            let range = l * self.ctx * kv..(l * self.ctx + n) * kv;
+            for (k, v) in self.kcache[range.clone()]
+                .iter_mut()
+                .zip(&mut self.vcache[range])
+            {
+                h ^= h << 13;
+                h ^= h >> 7;
+                h ^= h << 17;
+                *k = f16::from_f32(((h & 0xFFFF) as f32 / 65536.0 - 0.5) * 4.0).to_bits();
+                *v = f16::from_f32((((h >> 16) & 0xFFFF) as f32 / 65536.0 - 0.5) * 4.0).to_bits();
+            }
+        }
+        self.pos = n;
+        Ok(())
+    }
+
     /// Feeds `tokens` at the current position and returns the logits after
     /// the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {

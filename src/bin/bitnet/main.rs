@@ -1,0 +1,593 @@
+//! `bitnet`: run, chat with, evaluate and benchmark BitNet b1.58 models.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use bitnet_stfma::chat::{ChatFormat, DEFAULT_SYSTEM};
+use bitnet_stfma::gguf::Gguf;
+use bitnet_stfma::kernels;
+use bitnet_stfma::model::{Model, Session};
+use bitnet_stfma::sampler::{Sampler, SamplerConfig};
+use bitnet_stfma::synthetic::{self, Shape};
+use bitnet_stfma::tokenizer::StreamDecoder;
+
+mod bench;
+
+type CliResult<T = ()> = Result<T, String>;
+
+#[derive(Parser)]
+#[command(
+    name = "bitnet",
+    version,
+    about = "Run BitNet b1.58 ternary models on the CPU with bitnet-stfma's kernels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(RunArgs),
+    /// Interactive conversation in the model's chat format.
+    Chat(ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(TokenizeArgs),
+    /// Teacher-forced logits: one JSON line per position with the top-K next-token logits.
+    Eval(EvalArgs),
+    /// Perplexity of a text file, in windows of CTX tokens (as llama.cpp's tool reports it).
+    Perplexity(PerplexityArgs),
+    /// Write a synthetic BitNet model (random ternary weights) in the official layout.
+    GenModel(GenModelArgs),
+    /// Benchmark prompt processing and decoding (tokens/s), with memory bandwidth and a time breakdown.
+    Bench(bench::BenchArgs),
+    /// Show a model's configuration and tensors.
+    Info {
+        #[arg(short, long)]
+        model: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Model file (GGUF).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Threads (default: all cores).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Context size in tokens (default: the model's).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx: usize,
+    /// Prompt tokens processed per batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 64)]
+    batch: usize,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Repetition penalty over the last 64 tokens (1.0: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> SamplerConfig {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The prompt.
+    #[arg(short, long)]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    n: usize,
+    /// A system prompt: the prompt is then sent as one chat turn.
+    #[arg(short = 's', long = "system")]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    /// System prompt.
+    #[arg(short = 's', long = "system", default_value = DEFAULT_SYSTEM)]
+    system: String,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+    n: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[arg(short, long)]
+    model: PathBuf,
+    #[arg(short, long, conflicts_with = "file", required_unless_present = "file")]
+    prompt: Option<String>,
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    /// Do not prepend the BOS token.
+    #[arg(long)]
+    no_bos: bool,
+    /// Recognise special tokens such as <|eot_id|> in the text.
+    #[arg(long)]
+    special: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Text to evaluate (tokenized with BOS).
+    #[arg(
+        short,
+        long,
+        conflicts_with = "tokens",
+        required_unless_present = "tokens"
+    )]
+    prompt: Option<String>,
+    /// Token ids to evaluate, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tokens: Option<Vec<u32>>,
+    /// Logits to print per position.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Text file.
+    #[arg(short, long)]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct GenModelArgs {
+    /// 2b4t (BitNet-b1.58-2B-4T) or tiny.
+    #[arg(long, default_value = "2b4t")]
+    shape: String,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Take the vocabulary from this GGUF (default: a made-up byte-level one).
+    #[arg(long)]
+    vocab: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Chat(a) => chat(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Eval(a) => eval(a),
+        Command::Perplexity(a) => perplexity(a),
+        Command::GenModel(a) => gen_model(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Info { model } => info(&model),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> CliResult<(Model, Duration)> {
+    let t = Instant::now();
+    let m = Model::load(path).map_err(|e| e.to_string())?;
+    Ok((m, t.elapsed()))
+}
+
+fn session<'m>(model: &'m Model, c: &Common) -> CliResult<Session<'m>> {
+    Session::new(model, c.ctx, c.batch, c.threads).map_err(|e| e.to_string())
+}
+
+fn check_fits(tokens: usize, sess: &Session) -> CliResult {
+    if tokens == 0 {
+        return Err("the prompt is empty".into());
+    }
+    if sess.pos() + tokens > sess.ctx() {
+        return Err(format!(
+            "the prompt has {tokens} tokens, more than the context of {} (use -c to enlarge it)",
+            sess.ctx() - sess.pos()
+        ));
+    }
+    Ok(())
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Generates up to `n` tokens after `logits`, streaming text to stdout.
+/// Returns (tokens generated, time, whether an end-of-turn token ended it).
+fn generate(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    first: Vec<f32>,
+    n: usize,
+) -> CliResult<(usize, Duration, bool)> {
+    let tok = &sess.model.tokenizer;
+    let mut logits = first;
+    let mut stream = StreamDecoder::new();
+    let mut out = std::io::stdout().lock();
+    let t = Instant::now();
+    let mut count = 0;
+    let mut ended = false;
+    while count < n {
+        let next = sampler.sample(&logits);
+        if tok.is_end_of_generation(next) {
+            ended = true;
+            break;
+        }
+        let _ = out.write_all(stream.push(tok.token_to_bytes(next, false)).as_bytes());
+        let _ = out.flush();
+        sampler.accept(next);
+        count += 1;
+        if sess.pos() >= sess.ctx() {
+            eprintln!("\n[context of {} tokens is full]", sess.ctx());
+            break;
+        }
+        logits.copy_from_slice(sess.forward(&[next]).map_err(|e| e.to_string())?);
+    }
+    let _ = out.write_all(stream.finish().as_bytes());
+    let _ = out.flush();
+    Ok((count, t.elapsed(), ended))
+}
+
+fn run(a: RunArgs) -> CliResult {
+    let (model, load_time) = load(&a.common.model)?;
+    let mut sess = session(&model, &a.common)?;
+    let tok = &model.tokenizer;
+    let tokens = match &a.system {
+        Some(sys) => {
+            let fmt = ChatFormat::detect(model.chat_template.as_deref());
+            tok.encode(&fmt.user_turn(Some(sys), &a.prompt), true, true)
+        }
+        None => tok.encode(&a.prompt, tok.add_bos, true),
+    };
+    check_fits(tokens.len(), &sess)?;
+    let mut sampler = Sampler::new(a.sampling.config(), model.config.vocab_size);
+    for &t in &tokens {
+        sampler.accept(t);
+    }
+    if a.system.is_none() {
+        print!("{}", a.prompt);
+    }
+    let t = Instant::now();
+    let logits = sess.forward(&tokens).map_err(|e| e.to_string())?.to_vec();
+    let prompt_time = t.elapsed();
+    let (n, gen_time, _) = generate(&mut sess, &mut sampler, logits, a.n)?;
+    println!();
+    eprintln!(
+        "\nload: {:.0} ms | prompt: {} tokens in {:.0} ms, {:.2} tok/s | generation: {} tokens in {:.0} ms, {:.2} tok/s | {} threads, kernel {}",
+        load_time.as_secs_f64() * 1e3,
+        tokens.len(),
+        prompt_time.as_secs_f64() * 1e3,
+        rate(tokens.len(), prompt_time),
+        n,
+        gen_time.as_secs_f64() * 1e3,
+        rate(n, gen_time),
+        sess.threads(),
+        kernels::active().name()
+    );
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> CliResult {
+    let (model, load_time) = load(&a.common.model)?;
+    let mut sess = session(&model, &a.common)?;
+    let tok = &model.tokenizer;
+    let fmt = ChatFormat::detect(model.chat_template.as_deref());
+    let mut sampler = Sampler::new(a.sampling.config(), model.config.vocab_size);
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!(
+        "loaded in {:.1} s; chatting ({} threads). Type a message and press Enter; an empty line or Ctrl-D ends.",
+        load_time.as_secs_f64(),
+        sess.threads()
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("\n> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| e.to_string())?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let first = sess.pos() == 0;
+        let mut tokens = tok.encode(
+            &fmt.user_turn(first.then_some(a.system.as_str()), line),
+            first,
+            true,
+        );
+        if sess.pos() + tokens.len() + 1 > sess.ctx() {
+            eprintln!("[the context is full; starting a new conversation]");
+            sess.reset();
+            tokens = tok.encode(&fmt.user_turn(Some(&a.system), line), true, true);
+            if tokens.len() + 1 > sess.ctx() {
+                eprintln!("[that message is longer than the whole context of {} tokens; try a shorter one]", sess.ctx());
+                continue;
+            }
+        }
+        chat_turn(&mut sess, &mut sampler, &tokens, a.n, fmt)?;
+    }
+    Ok(())
+}
+
+fn chat_turn(
+    sess: &mut Session,
+    sampler: &mut Sampler,
+    tokens: &[u32],
+    n: usize,
+    fmt: ChatFormat,
+) -> CliResult {
+    let logits = sess.forward(tokens).map_err(|e| e.to_string())?.to_vec();
+    let room = sess.ctx() - sess.pos();
+    generate(sess, sampler, logits, n.min(room.saturating_sub(2)))?;
+    println!();
+    // Close the assistant's turn in the cache, as the model would have.
+    let eot = sess.model.tokenizer.encode(fmt.end_of_turn(), false, true);
+    if sess.pos() + eot.len() <= sess.ctx() {
+        sess.forward(&eot).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> CliResult<String> {
+    match (prompt, file) {
+        (Some(p), _) => Ok(p),
+        (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display())),
+        (None, None) => Err("give -p TEXT or -f FILE".into()),
+    }
+}
+
+fn tokenize(a: TokenizeArgs) -> CliResult {
+    let g = Gguf::open(&a.model).map_err(|e| e.to_string())?;
+    let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let text = read_text(a.prompt, a.file)?;
+    let ids = tok.encode(&text, !a.no_bos, a.special);
+    let body: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    println!("[{}]", body.join(","));
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> CliResult {
+    let (model, _) = load(&a.common.model)?;
+    let mut sess = session(&model, &a.common)?;
+    let tokens = match (a.tokens, a.prompt) {
+        (Some(t), _) => t,
+        (None, Some(p)) => model.tokenizer.encode(&p, true, false),
+        (None, None) => return Err("give -p TEXT or --tokens IDS".into()),
+    };
+    check_fits(tokens.len(), &sess)?;
+    let k = a.top.min(model.config.vocab_size);
+    let mut out = std::io::stdout().lock();
+    let mut idx: Vec<u32> = Vec::with_capacity(model.config.vocab_size);
+    let mut werr = None;
+    sess.forward_all(&tokens, &mut |i, logits| {
+        idx.clear();
+        idx.extend(0..logits.len() as u32);
+        let cmp = |x: &u32, y: &u32| {
+            logits[*y as usize]
+                .total_cmp(&logits[*x as usize])
+                .then(x.cmp(y))
+        };
+        if k > 0 && k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, cmp);
+        }
+        idx.truncate(k);
+        idx.sort_unstable_by(cmp);
+        let top: Vec<String> = idx
+            .iter()
+            .map(|&t| format!("[{t},{:.6}]", logits[t as usize]))
+            .collect();
+        if let Err(e) = writeln!(
+            out,
+            "{{\"pos\":{i},\"token\":{},\"top\":[{}]}}",
+            tokens[i],
+            top.join(",")
+        ) {
+            werr = Some(e);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    werr.map_or(Ok(()), |e| Err(e.to_string()))
+}
+
+fn perplexity(a: PerplexityArgs) -> CliResult {
+    let (model, _) = load(&a.common.model)?;
+    let mut common = a.common.clone();
+    if common.ctx == 0 {
+        common.ctx = 512;
+    }
+    let n_ctx = common.ctx;
+    if n_ctx < 16 {
+        return Err("the perplexity window (-c) must be at least 16 tokens".into());
+    }
+    let mut sess = session(&model, &common)?;
+    let text =
+        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let tokens = model.tokenizer.encode(&text, true, false);
+    let n_chunks = tokens.len() / n_ctx;
+    if n_chunks == 0 {
+        return Err(format!(
+            "the file has {} tokens, fewer than one window of {n_ctx}",
+            tokens.len()
+        ));
+    }
+    eprintln!(
+        "perplexity: {} tokens, {n_chunks} windows of {n_ctx}, scoring the second half of each",
+        tokens.len()
+    );
+    let first = n_ctx / 2;
+    let (mut nll, mut count) = (0f64, 0usize);
+    let t = Instant::now();
+    for c in 0..n_chunks {
+        let mut window = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if let Some(b) = model.tokenizer.bos {
+            window[0] = b;
+        }
+        sess.reset();
+        sess.forward_all(&window, &mut |i, logits| {
+            if i >= first && i + 1 < window.len() {
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let lse = max as f64
+                    + logits
+                        .iter()
+                        .map(|&v| ((v - max) as f64).exp())
+                        .sum::<f64>()
+                        .ln();
+                nll += lse - logits[window[i + 1] as usize] as f64;
+                count += 1;
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        print!("[{}]{:.4},", c + 1, (nll / count as f64).exp());
+        let _ = std::io::stdout().flush();
+    }
+    println!();
+    println!(
+        "Final estimate: PPL = {:.4} ({count} tokens scored, {:.1} s)",
+        (nll / count as f64).exp(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr (a line per 10% when stderr is not a terminal).
+pub struct Progress {
+    label: String,
+    last: i64,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(label: &str) -> Self {
+        Progress {
+            label: label.into(),
+            last: -1,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+    pub fn update(&mut self, done: u64, total: u64) {
+        let pct = (done * 100 / total.max(1)) as i64;
+        if pct == self.last || (!self.tty && pct / 10 == self.last / 10 && pct != 100) {
+            return;
+        }
+        self.last = pct;
+        let filled = (pct / 4) as usize;
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(25 - filled));
+        if self.tty {
+            eprint!(
+                "\r{} [{bar}] {pct:3}% {} / {} MB",
+                self.label,
+                done >> 20,
+                total >> 20
+            );
+            if pct == 100 {
+                eprintln!();
+            }
+        } else {
+            eprintln!("{} [{bar}] {pct:3}%", self.label);
+        }
+    }
+}
+
+fn gen_model(a: GenModelArgs) -> CliResult {
+    let shape = Shape::by_name(&a.shape)
+        .ok_or_else(|| format!("unknown shape '{}' (2b4t or tiny)", a.shape))?;
+    let vocab = match &a.vocab {
+        Some(p) => Some(Gguf::open(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut bar = Progress::new("writing");
+    let t = Instant::now();
+    synthetic::write_model(&a.output, shape, vocab.as_ref(), a.seed, &mut |d, total| {
+        bar.update(d, total)
+    })
+    .map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({} bytes) in {:.1} s",
+        a.output.display(),
+        size,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn info(path: &Path) -> CliResult {
+    let g = Gguf::open(path).map_err(|e| e.to_string())?;
+    println!(
+        "GGUF v{}, {} metadata keys, {} tensors",
+        g.version,
+        g.metadata().len(),
+        g.tensors().len()
+    );
+    for (k, v) in g.metadata() {
+        let shown = match v {
+            bitnet_stfma::gguf::Value::Array(a) => format!("[array of {}]", a.len()),
+            bitnet_stfma::gguf::Value::String(s) if s.len() > 80 => {
+                format!("{:?}...", &s[..s.floor_char_boundary(80)])
+            }
+            v => format!("{v:?}"),
+        };
+        println!("  {k} = {shown}");
+    }
+    for t in g.tensors() {
+        println!("  {:32} {:6} {:?}", t.name, t.ty.to_string(), t.dims);
+    }
+    match Model::load(path) {
+        Ok(m) => println!("model: {:?}", m.config),
+        Err(e) => println!("not loadable as a BitNet b1.58 model: {e}"),
+    }
+    Ok(())
+}
