@@ -576,7 +576,7 @@ fn info(path: &Path) -> CliResult {
         let shown = match v {
             bitnet_stfma::gguf::Value::Array(a) => format!("[array of {}]", a.len()),
             bitnet_stfma::gguf::Value::String(s) if s.len() > 80 => {
-                format!("{:?}...", &s[..s.floor_char_boundary(80)])
+                format!("{:?}...", s.chars().take(80).collect::<String>())
             }
             v => format!("{v:?}"),
         };
