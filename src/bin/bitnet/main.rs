@@ -232,7 +232,7 @@ fn check_fits(tokens: usize, sess: &Session) -> CliResult {
     }
     if sess.pos() + tokens > sess.ctx() {
         return Err(format!(
-            "the prompt has {tokens} tokens, more than the context of {} (use -c to enlarge it)",
+            "the prompt has {tokens} tokens, longer than the context of {} tokens (use -c to enlarge it)",
             sess.ctx() - sess.pos()
         ));
     }
