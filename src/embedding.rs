@@ -268,6 +268,92 @@ unsafe fn axpy_f16_f16c(a: f32, v: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Most query heads that one attention kernel call serves.
+pub const MAX_GROUP: usize = 8;
+
+/// Attention scores of one f16 key row against `g = out.len()` query
+/// vectors stored back to back in `qs` (`g * k.len()/2` floats):
+/// `out[j] = k · qs[j]`. The key row is converted once for all of them.
+pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    let hd = k.len() / 2;
+    assert!(out.len() <= MAX_GROUP && qs.len() >= out.len() * hd);
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && hd % 8 == 0 {
+        // SAFETY: F16C, FMA and AVX2 are present; sizes checked above.
+        unsafe { dot_f16_group_f16c(k, qs, out) };
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f16_scalar(k, &qs[j * hd..(j + 1) * hd]);
+    }
+}
+
+/// `outs[j] += a[j] * v` for `g = a.len()` output vectors stored back to
+/// back in `outs`, with one f16 value row `v` converted once.
+pub fn axpy_f16_group(a: &[f32], v: &[u8], outs: &mut [f32]) {
+    let hd = v.len() / 2;
+    assert!(a.len() <= MAX_GROUP && outs.len() >= a.len() * hd);
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && hd % 8 == 0 {
+        // SAFETY: F16C, FMA and AVX2 are present; sizes checked above.
+        unsafe { axpy_f16_group_f16c(a, v, outs) };
+        return;
+    }
+    for (j, &aj) in a.iter().enumerate() {
+        axpy_f16(aj, v, &mut outs[j * hd..(j + 1) * hd]);
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present; `hd = k.len()/2` is a multiple of 8;
+/// `qs` holds `out.len() * hd` floats; `out.len() <= MAX_GROUP`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_group_f16c(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let hd = k.len() / 2;
+    let g = out.len();
+    let mut acc = [_mm256_setzero_ps(); MAX_GROUP];
+    for c in (0..hd).step_by(8) {
+        // SAFETY: c + 8 <= hd; every q row has hd floats.
+        unsafe {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(2 * c) as *const __m128i));
+            for (j, a) in acc.iter_mut().enumerate().take(g) {
+                *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(qs.as_ptr().add(j * hd + c)), *a);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        *o = _mm_cvtss_f32(s);
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present; `hd = v.len()/2` is a multiple of 8;
+/// `outs` holds `a.len() * hd` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16_group_f16c(a: &[f32], v: &[u8], outs: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let hd = v.len() / 2;
+    for c in (0..hd).step_by(8) {
+        // SAFETY: c + 8 <= hd; every output row has hd floats.
+        unsafe {
+            let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * c) as *const __m128i));
+            for (j, &aj) in a.iter().enumerate() {
+                let o = outs.as_mut_ptr().add(j * hd + c);
+                _mm256_storeu_ps(
+                    o,
+                    _mm256_fmadd_ps(_mm256_set1_ps(aj), vv, _mm256_loadu_ps(o)),
+                );
+            }
+        }
+    }
+}
+
 /// Views f16 values as their little-endian bytes.
 pub fn f16_bytes(v: &[u16]) -> &[u8] {
     // SAFETY: u8 has alignment 1 and the length covers exactly the same memory.
@@ -297,6 +383,33 @@ mod tests {
                 .sum();
             assert!((dot_f16(&w, &x) as f64 - want).abs() < 1e-3, "n={n}");
             assert!((dot_f16_scalar(&w, &x) as f64 - want).abs() < 1e-3, "n={n}");
+        }
+    }
+
+    #[test]
+    fn grouped_attention_kernels_agree_with_single_ones() {
+        for (hd, g) in [(128usize, 4usize), (64, 1), (40, 3), (128, 8)] {
+            let k: Vec<u8> = (0..hd)
+                .flat_map(|i| {
+                    f16::from_f32((i as f32 * 0.3).cos())
+                        .to_bits()
+                        .to_le_bytes()
+                })
+                .collect();
+            let qs: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.07).sin()).collect();
+            let mut out = vec![0f32; g];
+            dot_f16_group(&k, &qs, &mut out);
+            for j in 0..g {
+                assert!((out[j] - dot_f16_scalar(&k, &qs[j * hd..(j + 1) * hd])).abs() < 1e-4);
+            }
+            let a: Vec<f32> = (0..g).map(|j| 0.1 * j as f32 - 0.2).collect();
+            let mut outs = qs.clone();
+            axpy_f16_group(&a, &k, &mut outs);
+            let mut want = qs.clone();
+            for j in 0..g {
+                axpy_f16(a[j], &k, &mut want[j * hd..(j + 1) * hd]);
+            }
+            assert!(outs.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
         }
     }
 

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod embedding;
 pub mod error;
 pub mod ffi;
+pub mod fuzz;
 pub mod gguf;
 pub mod i2s;
 pub mod kernels;

@@ -47,10 +47,22 @@ impl Shape {
         ctx_len: 4096,
     };
 
+    /// A very small model with a made-up 300-token vocabulary (fuzzing seeds, tests).
+    pub const MICRO: Shape = Shape {
+        dim: 128,
+        ffn_dim: 256,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        vocab_size: 300,
+        ctx_len: 64,
+    };
+
     pub fn by_name(name: &str) -> Option<Shape> {
         match name {
             "2b4t" | "2B-4T" | "2b-4t" => Some(Shape::B2_4T),
             "tiny" => Some(Shape::TINY),
+            "micro" => Some(Shape::MICRO),
             _ => None,
         }
     }

@@ -183,7 +183,7 @@ struct PerplexityArgs {
 
 #[derive(Args)]
 struct GenModelArgs {
-    /// 2b4t (BitNet-b1.58-2B-4T) or tiny.
+    /// 2b4t (BitNet-b1.58-2B-4T), tiny (the shape of the shared fixture) or micro (a 300-token toy).
     #[arg(long, default_value = "2b4t")]
     shape: String,
     #[arg(short, long)]
@@ -543,7 +543,7 @@ impl Progress {
 
 fn gen_model(a: GenModelArgs) -> CliResult {
     let shape = Shape::by_name(&a.shape)
-        .ok_or_else(|| format!("unknown shape '{}' (2b4t or tiny)", a.shape))?;
+        .ok_or_else(|| format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))?;
     let vocab = match &a.vocab {
         Some(p) => Some(Gguf::open(p).map_err(|e| e.to_string())?),
         None => None,
