@@ -278,7 +278,7 @@ pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
     let hd = k.len() / 2;
     assert!(out.len() <= MAX_GROUP && qs.len() >= out.len() * hd);
     #[cfg(target_arch = "x86_64")]
-    if has_f16c() && hd % 8 == 0 {
+    if has_f16c() && hd.is_multiple_of(8) {
         // SAFETY: F16C, FMA and AVX2 are present; sizes checked above.
         unsafe { dot_f16_group_f16c(k, qs, out) };
         return;
@@ -294,7 +294,7 @@ pub fn axpy_f16_group(a: &[f32], v: &[u8], outs: &mut [f32]) {
     let hd = v.len() / 2;
     assert!(a.len() <= MAX_GROUP && outs.len() >= a.len() * hd);
     #[cfg(target_arch = "x86_64")]
-    if has_f16c() && hd % 8 == 0 {
+    if has_f16c() && hd.is_multiple_of(8) {
         // SAFETY: F16C, FMA and AVX2 are present; sizes checked above.
         unsafe { axpy_f16_group_f16c(a, v, outs) };
         return;
