@@ -150,6 +150,10 @@ fn static_lib() -> PathBuf {
 }
 
 fn build_and_run(name: &str) {
+    build_and_run_args(name, &[]);
+}
+
+fn build_and_run_args(name: &str, args: &[&str]) {
     let lib = static_lib();
     let exe = out_dir().join(name);
     run(Command::new(cc())
@@ -168,7 +172,9 @@ fn build_and_run(name: &str) {
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
-    let text = run(Command::new(&exe).env_remove("BITNET_STFMA_KERNEL"));
+    let text = run(Command::new(&exe)
+        .args(args)
+        .env_remove("BITNET_STFMA_KERNEL"));
     println!("{text}");
     assert!(text.contains(", 0 failed"), "{name}: {text}");
 }
@@ -181,4 +187,9 @@ fn c_abi_tests() {
 #[test]
 fn c_thread_tests() {
     build_and_run("test_threads");
+}
+
+#[test]
+fn c_stress_8_threads_100k_ops() {
+    build_and_run_args("test_stress", &["100000"]);
 }

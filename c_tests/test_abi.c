@@ -291,6 +291,50 @@ static void test_errors(void) {
     CHECK(strlen(ggml_bitnet_stfma_version()) > 0, "version");
 }
 
+/* Absurd sizes and foreign handles: defined errors, no allocation by the lie, no crash. */
+static void test_abuse(void) {
+    static uint8_t data[4096];
+    float x[128] = {0}, y[128];
+    int8_t q[128];
+    float sc;
+    int32_t sm;
+    CHECK(ggml_bitnet_stfma_cache_tensor(data, SIZE_MAX, INT64_MAX, 128) == NULL, "rows*cols overflow");
+    CHECK(ggml_bitnet_stfma_cache_tensor(data, sizeof data, -1, 128) == NULL, "negative rows");
+    CHECK(ggml_bitnet_stfma_cache_tensor(data, sizeof data, 4, 0) == NULL, "zero cols");
+    CHECK(ggml_bitnet_stfma_cache_tensor(NULL, sizeof data, 4, 128) == NULL, "NULL data");
+    CHECK(ggml_bitnet_stfma_cache_weights(data, SIZE_MAX & ~(size_t)127) == NULL, "absurd n");
+    CHECK(ggml_bitnet_stfma_cache_weights(data, 0) == NULL, "n = 0");
+    CHECK(quantize_i2_s(x, data, INT64_MAX, 128, NULL) == 0, "nrow*n_per_row overflow");
+    CHECK(quantize_i2_s(x, data, -1, 128, NULL) == 0, "negative nrow");
+    CHECK(ggml_bitnet_stfma_quantize_activations(x, INT64_MAX, q, &sc, &sm) == GGML_BITNET_STFMA_ERR_INVALID, "absurd n");
+    CHECK(ggml_bitnet_stfma_quantize_activations(x, -5, q, &sc, &sm) == GGML_BITNET_STFMA_ERR_INVALID, "negative n");
+    ggml_bitnet_stfma_cache_handle t = ggml_bitnet_stfma_cache_tensor(data, sizeof data, 4, 128);
+    CHECK(t != NULL, "a small tensor");
+    CHECK(ggml_bitnet_stfma_matmul(t, x, INT64_MAX, y, 1) == GGML_BITNET_STFMA_ERR_INVALID, "absurd columns");
+    CHECK(ggml_bitnet_stfma_matmul(t, x, 1, NULL, 1) == GGML_BITNET_STFMA_ERR_NULL, "NULL y");
+    CHECK(ggml_bitnet_stfma_matmul(t, x, 1, y, -3) == 0, "n_threads <= 0 means all cores");
+    CHECK(ggml_bitnet_stfma_tensor_dot(t, -1, 1, q, y) == GGML_BITNET_STFMA_ERR_INVALID, "negative row");
+    CHECK(ggml_bitnet_stfma_tensor_dot(t, 0, INT64_MAX, q, y) == GGML_BITNET_STFMA_ERR_INVALID, "absurd row count");
+    CHECK(ggml_bitnet_stfma_tensor_dot(t, 0, 1, q, NULL) == GGML_BITNET_STFMA_ERR_NULL, "NULL s");
+    /* a handle value from another process run, and garbage values */
+    const uintptr_t foreign[] = {0x7f3a12345670u, 1, 0xAAAAAAAAAAAAAAAAull & UINTPTR_MAX, UINTPTR_MAX};
+    for (size_t i = 0; i < sizeof foreign / sizeof foreign[0]; i++) {
+        ggml_bitnet_stfma_cache_handle h = (ggml_bitnet_stfma_cache_handle)foreign[i];
+        CHECK(ggml_bitnet_stfma_get_cached_weights(h) == NULL, "foreign handle %zu readable", i);
+        CHECK(ggml_bitnet_stfma_tensor_info(h, NULL, NULL, NULL) == GGML_BITNET_STFMA_ERR_BAD_HANDLE, "foreign %zu", i);
+        CHECK(ggml_bitnet_stfma_matmul(h, x, 1, y, 1) == GGML_BITNET_STFMA_ERR_BAD_HANDLE, "foreign matmul %zu", i);
+    }
+    float s = 0;
+    ggml_vec_dot_i2_i8_s(128, &s, 0, data, 0, q, 0, -4);
+    CHECK(isnan(s) && *ggml_bitnet_stfma_last_error(), "negative nrc");
+    CHECK(ggml_bitnet_stfma_set_kernel("") == GGML_BITNET_STFMA_ERR_INVALID, "empty kernel name");
+    ggml_bitnet_stfma_free_cached_weights(t);
+    ggml_bitnet_stfma_cache_shutdown();
+    ggml_bitnet_stfma_cache_shutdown(); /* twice */
+    ggml_bitnet_stfma_cache_stats(NULL, NULL);
+    CHECK(*ggml_bitnet_stfma_last_error() == 0, "stats after shutdown");
+}
+
 int main(void) {
     int ran = 0;
     for (size_t k = 0; k < sizeof KERNELS / sizeof KERNELS[0]; k++) {
@@ -315,5 +359,6 @@ int main(void) {
     test_activations();
     test_convert();
     test_errors();
+    test_abuse();
     return finish_tests("test_abi");
 }
