@@ -751,6 +751,121 @@ fn rope(x: &mut [f32], head_dim: usize, rope_dim: usize, pos: usize, theta: f32)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::{self, TensorSpec};
+    use crate::synthetic::{self, Shape};
+
+    /// A micro synthetic model, rewritten with `edit` applied to its metadata.
+    fn micro_with(edit: impl Fn(&mut Vec<(String, Value)>)) -> Result<Model> {
+        let path = std::env::temp_dir().join(format!(
+            "bitnet-bad-{}-{:?}.gguf",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        synthetic::write_model(&path, Shape::MICRO, None, 1, &mut |_, _| {}).unwrap();
+        let g = Gguf::open(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        let mut md = g.metadata().to_vec();
+        edit(&mut md);
+        let specs: Vec<TensorSpec> = g
+            .tensors()
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        gguf::write(&mut bytes, &md, &specs, 32, &mut |i, w| {
+            w.write_all(g.tensor_data(&g.tensors()[i]))
+        })
+        .unwrap();
+        Model::from_gguf(Arc::new(Gguf::from_bytes(bytes)?))
+    }
+
+    fn set(md: &mut [(String, Value)], key: &str, v: Value) {
+        md.iter_mut().find(|(k, _)| k == key).unwrap().1 = v;
+    }
+
+    #[test]
+    fn bad_models_are_rejected_with_clear_errors() {
+        assert!(micro_with(|_| {}).is_ok());
+        let e = micro_with(|md| set(md, "bitnet-b1.58.feed_forward_length", Value::U32(512)))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("blk.0.ffn_gate.weight") && e.message.contains("shape"),
+            "{e}"
+        );
+        let e = micro_with(|md| md.retain(|(k, _)| k != "tokenizer.ggml.bos_token_id"))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("BOS"), "{e}");
+        let e = micro_with(|md| set(md, "tokenizer.ggml.eos_token_id", Value::U32(1 << 20)))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("eos_token_id"), "{e}");
+        // A non-BitNet architecture: its I2_S tensors are refused already by the reader.
+        let e = micro_with(|md| set(md, "general.architecture", Value::String("llama".into())))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("only known in BitNet files"), "{e}");
+        let e = micro_with(|md| md.retain(|(k, _)| k != "general.architecture"))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("BitNet") || e.message.contains("architecture"),
+            "{e}"
+        );
+        let e = micro_with(|md| set(md, "general.architecture", Value::String("bitnet".into())))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("older"), "{e}");
+        let e = micro_with(|md| md.retain(|(k, _)| k != "bitnet-b1.58.block_count"))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("block_count") && e.message.contains("missing"),
+            "{e}"
+        );
+        let e = micro_with(|md| set(md, "bitnet-b1.58.attention.head_count", Value::U32(3)))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("heads"), "{e}");
+        let e = micro_with(|md| set(md, "bitnet-b1.58.block_count", Value::U32(2)))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("blk.1.") && e.message.contains("missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_prompts_are_rejected() {
+        let model = micro_with(|_| {}).unwrap();
+        let mut s = Session::new(&model, 16, 4, 1).unwrap();
+        assert!(s.forward(&[]).unwrap_err().message.contains("empty"));
+        assert!(s
+            .forward(&[1; 17])
+            .unwrap_err()
+            .message
+            .contains("do not fit"));
+        assert!(s
+            .forward(&[100_000])
+            .unwrap_err()
+            .message
+            .contains("outside the vocabulary"));
+        s.forward(&[1; 16]).unwrap();
+        assert!(
+            s.forward(&[1]).unwrap_err().message.contains("do not fit"),
+            "a full context refuses more"
+        );
+        assert!(
+            Session::new(&model, usize::MAX / 4, 4, 1).is_err(),
+            "absurd context"
+        );
+    }
 
     /// |logit difference| statistics against bitnet.cpp's top-10 at every
     /// position, teacher-forced over each reference prompt and its greedy
