@@ -268,6 +268,134 @@ unsafe fn axpy_f16_f16c(a: f32, v: &[u8], out: &mut [f32]) {
     }
 }
 
+/// An 8-bit copy of the LM head: each row quantized to int8 with its own
+/// scale (`absmax / 127`), about half the bytes of F16. Logits are
+/// `scale_row * scale_x * Σ q_row·q_x` with the hidden state quantized to
+/// int8 once per token (absmax / 127, round to nearest).
+pub struct Q8Head {
+    pub rows: usize,
+    pub dim: usize,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Q8Head {
+    /// Quantizes every row of `m`, split over the pool.
+    pub fn from_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Q8Head> {
+        let n = m
+            .rows
+            .checked_mul(m.dim)
+            .ok_or_else(|| Error::invalid("head too large"))?;
+        let mut q = Vec::new();
+        q.try_reserve_exact(n).map_err(|_| {
+            Error::new(
+                crate::ErrorKind::OutOfMemory,
+                "cannot allocate the 8-bit head",
+            )
+        })?;
+        q.resize(n, 0i8);
+        let mut scales = vec![0f32; m.rows];
+        const CHUNK: usize = 1024;
+        let (qd, sd) = (DisjointMut::new(&mut q), DisjointMut::new(&mut scales));
+        pool.run(m.rows.div_ceil(CHUNK), &|t| {
+            let r0 = t * CHUNK;
+            let r1 = (r0 + CHUNK).min(m.rows);
+            let mut row = vec![0f32; m.dim];
+            for r in r0..r1 {
+                m.dequantize_row(r, &mut row);
+                // SAFETY: rows r0..r1 belong to this task alone.
+                let (qr, sr) = unsafe { (qd.part(r * m.dim, m.dim), sd.part(r, 1)) };
+                sr[0] = quantize_q8(&row, qr);
+            }
+        });
+        Ok(Q8Head {
+            rows: m.rows,
+            dim: m.dim,
+            q,
+            scales,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.q.len() + self.scales.len() * 4
+    }
+
+    /// `out = head · x`, split over the pool. `xq` is scratch of `dim` bytes.
+    pub fn matvec(&self, x: &[f32], xq: &mut [i8], out: &mut [f32], pool: &ThreadPool) {
+        assert!(x.len() == self.dim && xq.len() == self.dim && out.len() >= self.rows);
+        let sx = quantize_q8(x, xq);
+        let xq: &[i8] = xq;
+        const CHUNK: usize = 512;
+        let od = DisjointMut::new(out);
+        pool.run(self.rows.div_ceil(CHUNK), &|t| {
+            let r0 = t * CHUNK;
+            let r1 = (r0 + CHUNK).min(self.rows);
+            // SAFETY: rows r0..r1 belong to this task alone.
+            let o = unsafe { od.part(r0, r1 - r0) };
+            for (r, o) in (r0..r1).zip(o.iter_mut()) {
+                let d = dot_i8(&self.q[r * self.dim..(r + 1) * self.dim], xq);
+                *o = d as f32 * sx * self.scales[r];
+            }
+        });
+    }
+}
+
+/// Quantizes `x` to int8 with scale `absmax / 127`; returns the scale.
+fn quantize_q8(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+/// Exact `Σ a·b` of two int8 vectors (values in -127..=127).
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::Kernel::Avx2.is_supported() {
+        // SAFETY: AVX2 is present; lengths are handled inside.
+        return unsafe { dot_i8_avx2(a, b) };
+    }
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use core::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 2];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 32*j + 32 <= n bytes of both.
+            unsafe {
+                let x = _mm256_loadu_si256(a.as_ptr().add(i + 32 * j) as *const __m256i);
+                let y = _mm256_loadu_si256(b.as_ptr().add(i + 32 * j) as *const __m256i);
+                // |x| * sign(y, x): exact in int16 pairs for values in -127..=127.
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 64;
+    }
+    let v = _mm256_add_epi32(acc[0], acc[1]);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    let mut total = _mm_cvtsi128_si32(s);
+    while i < n {
+        total += a[i] as i32 * b[i] as i32;
+        i += 1;
+    }
+    total
+}
+
 /// Most query heads that one attention kernel call serves.
 pub const MAX_GROUP: usize = 8;
 
@@ -410,6 +538,51 @@ mod tests {
                 axpy_f16(a[j], &k, &mut want[j * hd..(j + 1) * hd]);
             }
             assert!(outs.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
+        }
+    }
+
+    #[test]
+    fn int8_dot_and_q8_head() {
+        for n in [1usize, 63, 64, 200, 2560] {
+            let a: Vec<i8> = (0..n)
+                .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+                .collect();
+            let b: Vec<i8> = (0..n)
+                .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
+                .collect();
+            let want: i32 = a.iter().zip(&b).map(|(&x, &y)| x as i32 * y as i32).sum();
+            assert_eq!(dot_i8(&a, &b), want, "n={n}");
+        }
+        let (rows, dim) = (70, 256);
+        let data: Vec<u8> = (0..rows * dim)
+            .flat_map(|i| {
+                f16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        let m = Matrix::new(GgmlType::F16, rows, dim, &data).unwrap();
+        let pool = ThreadPool::new(2);
+        let h = Q8Head::from_matrix(&m, &pool).unwrap();
+        let x: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.05).sin()).collect();
+        let (mut exact, mut approx, mut xq) = (vec![0f32; rows], vec![0f32; rows], vec![0i8; dim]);
+        m.matvec(&x, &mut exact, &pool);
+        h.matvec(&x, &mut xq, &mut approx, &pool);
+        // Rounding bound: |Δ| <= dx/2·Σ|w| + dw/2·Σ|x| + dw·dx/4·dim.
+        let ax: f32 = x.iter().map(|v| v.abs()).sum();
+        let dx = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        let mut row = vec![0f32; dim];
+        for r in 0..rows {
+            m.dequantize_row(r, &mut row);
+            let aw: f32 = row.iter().map(|v| v.abs()).sum();
+            let dw = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            let bound = 0.5 * dx * aw + 0.5 * dw * ax + 0.25 * dw * dx * dim as f32 + 1e-4;
+            assert!(
+                (exact[r] - approx[r]).abs() <= bound,
+                "row {r}: {} vs {} (bound {bound})",
+                exact[r],
+                approx[r]
+            );
         }
     }
 

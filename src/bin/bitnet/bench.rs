@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use bitnet_stfma::gguf::GgmlType;
 use bitnet_stfma::kernels;
-use bitnet_stfma::model::{Model, Session, Timings};
+use bitnet_stfma::model::{LoadOptions, Model, Session, Timings};
 use bitnet_stfma::synthetic::{self, Shape};
 use bitnet_stfma::threadpool::ThreadPool;
 
@@ -46,6 +45,9 @@ pub struct BenchArgs {
     /// One JSON object per configuration on stdout.
     #[arg(long)]
     json: bool,
+    /// Use an 8-bit copy of the LM head.
+    #[arg(long)]
+    q8_head: bool,
     /// Where the synthetic model is cached (default: $XDG_CACHE_HOME/bitnet-stfma or ~/.cache/bitnet-stfma).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -140,23 +142,18 @@ pub fn bench(a: BenchArgs) -> CliResult {
     };
     eprintln!("loading {} ...", path.display());
     let t = Instant::now();
-    let model = Model::load(&path).map_err(|e| e.to_string())?;
+    let model =
+        Model::load_with(&path, LoadOptions { q8_head: a.q8_head }).map_err(|e| e.to_string())?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
-    let head_bytes = match model.head_type() {
-        GgmlType::F16 => 2.0,
-        GgmlType::F32 => 4.0,
-        GgmlType::Q8_0 => 34.0 / 32.0,
-        GgmlType::Q6K => 210.0 / 256.0,
-        _ => 2.0,
-    } * (c.vocab_size * c.dim) as f64;
+    let head_bytes = model.head_bytes() as f64;
     let bytes_per_token = model.ternary_bytes() as f64 + head_bytes;
     eprintln!(
         "model: {} layers, dim {}, vocab {}, head {}; {:.2} GB read per decoded token; loaded in {load_s:.1} s; kernel {}",
         c.n_layers,
         c.dim,
         c.vocab_size,
-        model.head_type(),
+        if model.has_q8_head() { "8-bit (from the file's head)".to_string() } else { model.head_type().to_string() },
         bytes_per_token / 1e9,
         kernels::active().name()
     );
@@ -252,9 +249,10 @@ pub fn bench(a: BenchArgs) -> CliResult {
     if a.json {
         for r in &rows {
             println!(
-                "{{\"model\":{:?},\"kernel\":\"{}\",\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
+                "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
                 path.display().to_string(),
                 kernels::active().name(),
+                a.q8_head,
                 r.threads,
                 r.depth,
                 a.n_prompt,

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use bitnet_stfma::chat::{ChatFormat, DEFAULT_SYSTEM};
 use bitnet_stfma::gguf::Gguf;
 use bitnet_stfma::kernels;
-use bitnet_stfma::model::{Model, Session};
+use bitnet_stfma::model::{LoadOptions, Model, Session};
 use bitnet_stfma::sampler::{Sampler, SamplerConfig};
 use bitnet_stfma::synthetic::{self, Shape};
 use bitnet_stfma::tokenizer::StreamDecoder;
@@ -67,6 +67,9 @@ struct Common {
     /// Prompt tokens processed per batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 64)]
     batch: usize,
+    /// Use an 8-bit copy of the LM head (made at load; faster, logits differ slightly).
+    #[arg(long)]
+    q8_head: bool,
 }
 
 #[derive(Args, Clone)]
@@ -216,9 +219,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> CliResult<(Model, Duration)> {
+fn load(c: &Common) -> CliResult<(Model, Duration)> {
     let t = Instant::now();
-    let m = Model::load(path).map_err(|e| e.to_string())?;
+    let m = Model::load_with(&c.model, LoadOptions { q8_head: c.q8_head })
+        .map_err(|e| e.to_string())?;
     Ok((m, t.elapsed()))
 }
 
@@ -280,7 +284,7 @@ fn generate(
 }
 
 fn run(a: RunArgs) -> CliResult {
-    let (model, load_time) = load(&a.common.model)?;
+    let (model, load_time) = load(&a.common)?;
     let mut sess = session(&model, &a.common)?;
     let tok = &model.tokenizer;
     let tokens = match &a.system {
@@ -319,7 +323,7 @@ fn run(a: RunArgs) -> CliResult {
 }
 
 fn chat(a: ChatArgs) -> CliResult {
-    let (model, load_time) = load(&a.common.model)?;
+    let (model, load_time) = load(&a.common)?;
     let mut sess = session(&model, &a.common)?;
     let tok = &model.tokenizer;
     let fmt = ChatFormat::detect(model.chat_template.as_deref());
@@ -400,7 +404,7 @@ fn tokenize(a: TokenizeArgs) -> CliResult {
 }
 
 fn eval(a: EvalArgs) -> CliResult {
-    let (model, _) = load(&a.common.model)?;
+    let (model, _) = load(&a.common)?;
     let mut sess = session(&model, &a.common)?;
     let tokens = match (a.tokens, a.prompt) {
         (Some(t), _) => t,
@@ -443,7 +447,7 @@ fn eval(a: EvalArgs) -> CliResult {
 }
 
 fn perplexity(a: PerplexityArgs) -> CliResult {
-    let (model, _) = load(&a.common.model)?;
+    let (model, _) = load(&a.common)?;
     let mut common = a.common.clone();
     if common.ctx == 0 {
         common.ctx = 512;
