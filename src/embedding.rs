@@ -438,15 +438,37 @@ pub fn axpy_f16_group(a: &[f32], v: &[u8], outs: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_group_f16c(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    // SAFETY (all arms): forwarded contract; the group size is out.len().
+    unsafe {
+        match out.len() {
+            1 => dot_f16_group_n::<1>(k, qs, out),
+            2 => dot_f16_group_n::<2>(k, qs, out),
+            3 => dot_f16_group_n::<3>(k, qs, out),
+            4 => dot_f16_group_n::<4>(k, qs, out),
+            5 => dot_f16_group_n::<5>(k, qs, out),
+            6 => dot_f16_group_n::<6>(k, qs, out),
+            7 => dot_f16_group_n::<7>(k, qs, out),
+            _ => dot_f16_group_n::<8>(k, qs, out),
+        }
+    }
+}
+
+/// The grouped score kernel for a group of exactly `G` heads (the
+/// accumulators then live in registers).
+///
+/// # Safety
+/// As [`dot_f16_group_f16c`], with `out.len() == G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_group_n<const G: usize>(k: &[u8], qs: &[f32], out: &mut [f32]) {
     use core::arch::x86_64::*;
     let hd = k.len() / 2;
-    let g = out.len();
-    let mut acc = [_mm256_setzero_ps(); MAX_GROUP];
+    let mut acc = [_mm256_setzero_ps(); G];
     for c in (0..hd).step_by(8) {
         // SAFETY: c + 8 <= hd; every q row has hd floats.
         unsafe {
             let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(2 * c) as *const __m128i));
-            for (j, a) in acc.iter_mut().enumerate().take(g) {
+            for (j, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(qs.as_ptr().add(j * hd + c)), *a);
             }
         }
@@ -479,6 +501,121 @@ unsafe fn axpy_f16_group_f16c(a: &[f32], v: &[u8], outs: &mut [f32]) {
                 );
             }
         }
+    }
+}
+
+/// The attention softmax as ggml computes it, then rounded to f16 (as the
+/// weights are before they multiply V): `v = f16(exp(v - max) * (1/Σ))`,
+/// the sum accumulated in f64.
+pub fn softmax_round_f16(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: AVX2, FMA and F16C are present.
+        unsafe { softmax_round_f16_avx2(v) };
+        return;
+    }
+    softmax_round_f16_scalar(v);
+}
+
+pub fn softmax_round_f16_scalar(v: &mut [f32]) {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f64;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in v.iter_mut() {
+        *x = f16::from_f32(*x * inv).to_f32();
+    }
+}
+
+/// `exp` of 8 lanes (Cephes polynomial, about 1 ulp; inputs clamped to the
+/// finite range).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp256(x: core::arch::x86_64::__m256) -> core::arch::x86_64::__m256 {
+    use core::arch::x86_64::*;
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.3),
+    );
+    let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(x, x),
+        _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+    );
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(fx),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_round_f16_avx2(v: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let n = v.len();
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_pd();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let p = v.as_mut_ptr().add(i);
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+            _mm256_storeu_ps(p, e);
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        }
+        i += 8;
+    }
+    let mut lanes = [0f64; 4];
+    // SAFETY: 4 doubles of room.
+    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), sum) };
+    let mut total: f64 = lanes.iter().sum();
+    for x in &mut v[i..] {
+        *x = (*x - max).exp();
+        total += *x as f64;
+    }
+    let inv = (1.0 / total) as f32;
+    let iv = _mm256_set1_ps(inv);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let p = v.as_mut_ptr().add(i);
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_mul_ps(
+                _mm256_loadu_ps(p),
+                iv,
+            ));
+            _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for x in &mut v[i..] {
+        *x = f16::from_f32(*x * inv).to_f32();
     }
 }
 
@@ -538,6 +675,26 @@ mod tests {
                 axpy_f16(a[j], &k, &mut want[j * hd..(j + 1) * hd]);
             }
             assert!(outs.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
+        }
+    }
+
+    #[test]
+    fn vector_softmax_matches_scalar() {
+        for n in [1usize, 5, 8, 100, 2049] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+                .collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            softmax_round_f16(&mut a);
+            softmax_round_f16_scalar(&mut b);
+            for (p, q) in a.iter().zip(&b) {
+                // Equal up to one f16 step of rounding (exp differs by about an ulp).
+                assert!(
+                    (p - q).abs() <= q.abs() / 1024.0 + 1e-7,
+                    "n={n}: {p} vs {q}"
+                );
+            }
+            assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 2e-3);
         }
     }
 

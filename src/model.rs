@@ -696,17 +696,7 @@ impl<'m> Session<'m> {
                     }
                 }
                 for j in 0..g {
-                    let scj = &mut sc[j * ctx..j * ctx + p + 1];
-                    let max = scj.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0f64;
-                    for v in scj.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
-                    for v in scj.iter_mut() {
-                        *v = f16::from_f32(*v * inv).to_f32();
-                    }
+                    embedding::softmax_round_f16(&mut sc[j * ctx..j * ctx + p + 1]);
                 }
                 og.fill(0.0);
                 for s in 0..=p {
