@@ -59,8 +59,11 @@ impl ActBatch {
     }
 }
 
-/// Output rows per parallel task (a multiple of the tile height).
-const ROWS_PER_TASK: usize = 64;
+/// Output rows finished per inner block (a multiple of the tile height).
+const ROWS_PER_BLOCK: usize = 64;
+/// Parallel tasks per thread: each task is one contiguous run of rows, so a
+/// thread streams through its part of the matrix instead of hopping.
+const TASKS_PER_THREAD: usize = 2;
 
 /// `out[c*rows + r] = Σ W[r]·x_c` finished to f32, for every column `c` of
 /// `acts`, split over `pool`.
@@ -79,48 +82,69 @@ pub fn matmul_with(
     let (rows, cols) = (w.rows(), acts.cols());
     assert_eq!(acts.len(), w.cols(), "activation length != matrix columns");
     assert!(out.len() >= rows * cols, "output too small");
-    let tasks = rows.div_ceil(ROWS_PER_TASK);
+    let per_task = rows
+        .div_ceil(pool.threads() * TASKS_PER_THREAD)
+        .next_multiple_of(TILE_ROWS)
+        .max(ROWS_PER_BLOCK.min(rows.next_multiple_of(TILE_ROWS)));
+    let tasks = rows.div_ceil(per_task);
     let out_ptr = DisjointMut::new(out);
     pool.run(tasks, &|t| {
-        let r0 = t * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(rows);
-        let mut dots = [0i32; ROWS_PER_TASK * 4];
-        let mut c = 0;
-        while c + 4 <= cols {
-            let a = [
-                acts.col(c),
-                acts.col(c + 1),
-                acts.col(c + 2),
-                acts.col(c + 3),
-            ];
-            for r in r0..r1 {
-                let d = w.dot_row_4acts(k, r, [a[0].0, a[1].0, a[2].0, a[3].0]);
-                for j in 0..4 {
-                    dots[j * ROWS_PER_TASK + r - r0] = d[j];
-                }
-            }
-            for (j, &(_, q)) in a.iter().enumerate() {
-                // SAFETY: each task writes only rows r0..r1 of each column,
-                // disjoint from every other task; `out` outlives `run`.
-                let o = unsafe { out_ptr.part((c + j) * rows + r0, r1 - r0) };
-                finish_into(
-                    &dots[j * ROWS_PER_TASK..j * ROWS_PER_TASK + (r1 - r0)],
-                    q,
-                    w.scale(),
-                    o,
-                );
-            }
-            c += 4;
-        }
-        while c < cols {
-            let (y, q) = acts.col(c);
-            w.dot_rows(k, r0..r1, y, &mut dots[..r1 - r0]);
-            // SAFETY: as above.
-            let o = unsafe { out_ptr.part(c * rows + r0, r1 - r0) };
-            finish_into(&dots[..r1 - r0], q, w.scale(), o);
-            c += 1;
+        let end = ((t + 1) * per_task).min(rows);
+        let mut r0 = t * per_task;
+        while r0 < end {
+            let r1 = (r0 + ROWS_PER_BLOCK).min(end);
+            block(k, w, acts, r0, r1, &out_ptr);
+            r0 = r1;
         }
     });
+}
+
+/// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`]) for every column.
+fn block(
+    k: Kernel,
+    w: &PackedMatrix,
+    acts: &ActBatch,
+    r0: usize,
+    r1: usize,
+    out: &DisjointMut<f32>,
+) {
+    let (rows, cols) = (w.rows(), acts.cols());
+    let mut dots = [0i32; ROWS_PER_BLOCK * 4];
+    let mut c = 0;
+    while c + 4 <= cols {
+        let a = [
+            acts.col(c),
+            acts.col(c + 1),
+            acts.col(c + 2),
+            acts.col(c + 3),
+        ];
+        for r in r0..r1 {
+            let d = w.dot_row_4acts(k, r, [a[0].0, a[1].0, a[2].0, a[3].0]);
+            for j in 0..4 {
+                dots[j * ROWS_PER_BLOCK + r - r0] = d[j];
+            }
+        }
+        for (j, &(_, q)) in a.iter().enumerate() {
+            // SAFETY: each task writes only its own rows of each column,
+            // disjoint from every other task; `out` outlives the pool run.
+            let o = unsafe { out.part((c + j) * rows + r0, r1 - r0) };
+            finish_into(
+                &dots[j * ROWS_PER_BLOCK..j * ROWS_PER_BLOCK + (r1 - r0)],
+                q,
+                w.scale(),
+                o,
+            );
+        }
+        c += 4;
+    }
+    while c < cols {
+        let (y, q) = acts.col(c);
+        w.dot_rows(k, r0..r1, y, &mut dots[..r1 - r0]);
+        // SAFETY: as above.
+        let o = unsafe { out.part(c * rows + r0, r1 - r0) };
+        finish_into(&dots[..r1 - r0], q, w.scale(), o);
+        c += 1;
+    }
 }
 
 fn finish_into(dots: &[i32], q: ActQuant, w_scale: f32, out: &mut [f32]) {
@@ -129,7 +153,7 @@ fn finish_into(dots: &[i32], q: ActQuant, w_scale: f32, out: &mut [f32]) {
     }
 }
 
-const _: () = assert!(ROWS_PER_TASK.is_multiple_of(TILE_ROWS));
+const _: () = assert!(ROWS_PER_BLOCK.is_multiple_of(TILE_ROWS));
 
 #[cfg(test)]
 mod tests {
