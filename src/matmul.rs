@@ -79,21 +79,59 @@ pub fn matmul_with(
     out: &mut [f32],
     pool: &ThreadPool,
 ) {
-    let (rows, cols) = (w.rows(), acts.cols());
-    assert_eq!(acts.len(), w.cols(), "activation length != matrix columns");
-    assert!(out.len() >= rows * cols, "output too small");
-    let per_task = rows
-        .div_ceil(pool.threads() * TASKS_PER_THREAD)
-        .next_multiple_of(TILE_ROWS)
-        .max(ROWS_PER_BLOCK.min(rows.next_multiple_of(TILE_ROWS)));
-    let tasks = rows.div_ceil(per_task);
-    let out_ptr = DisjointMut::new(out);
-    pool.run(tasks, &|t| {
-        let end = ((t + 1) * per_task).min(rows);
-        let mut r0 = t * per_task;
+    matmul_many_with(k, &mut [(w, out)], acts, pool)
+}
+
+/// Several matmuls of the same activations (Q/K/V, gate/up) in one pool
+/// dispatch: the activations are quantized once by the caller and the
+/// threads wake once.
+pub fn matmul_many(jobs: &mut [(&PackedMatrix, &mut [f32])], acts: &ActBatch, pool: &ThreadPool) {
+    matmul_many_with(kernels::active(), jobs, acts, pool)
+}
+
+/// [`matmul_many`] with an explicit kernel.
+pub fn matmul_many_with(
+    k: Kernel,
+    jobs: &mut [(&PackedMatrix, &mut [f32])],
+    acts: &ActBatch,
+    pool: &ThreadPool,
+) {
+    assert!(jobs.len() <= 4, "at most 4 matrices per dispatch");
+    let cols = acts.cols();
+    // Per matrix: rows per task and the first task index.
+    let mut plan = [(0usize, 0usize); 5];
+    let mut outs: [Option<DisjointMut<f32>>; 4] = [None, None, None, None];
+    let mut total = 0;
+    for (i, (w, out)) in jobs.iter_mut().enumerate() {
+        let rows = w.rows();
+        assert_eq!(acts.len(), w.cols(), "activation length != matrix columns");
+        assert!(out.len() >= rows * cols, "output too small");
+        let per_task = rows
+            .div_ceil(pool.threads() * TASKS_PER_THREAD)
+            .next_multiple_of(TILE_ROWS)
+            .max(ROWS_PER_BLOCK.min(rows.next_multiple_of(TILE_ROWS)));
+        plan[i] = (per_task, total);
+        total += rows.div_ceil(per_task);
+        outs[i] = Some(DisjointMut::new(out));
+    }
+    plan[jobs.len()] = (0, total);
+    let mats: [Option<&PackedMatrix>; 4] = std::array::from_fn(|i| jobs.get(i).map(|j| j.0));
+    pool.run(total, &|t| {
+        let i = (0..jobs.len())
+            .rev()
+            .find(|&i| plan[i].1 <= t)
+            .expect("task in range");
+        let (w, out) = (
+            mats[i].expect("planned"),
+            outs[i].as_ref().expect("planned"),
+        );
+        let per_task = plan[i].0;
+        let local = t - plan[i].1;
+        let end = ((local + 1) * per_task).min(w.rows());
+        let mut r0 = local * per_task;
         while r0 < end {
             let r1 = (r0 + ROWS_PER_BLOCK).min(end);
-            block(k, w, acts, r0, r1, &out_ptr);
+            block(k, w, acts, r0, r1, out);
             r0 = r1;
         }
     });
@@ -159,6 +197,49 @@ const _: () = assert!(ROWS_PER_BLOCK.is_multiple_of(TILE_ROWS));
 mod tests {
     use super::*;
     use crate::kernels::tests::Rng;
+
+    #[test]
+    fn fused_dispatch_equals_separate_matmuls() {
+        let mut rng = Rng::new(9);
+        let cols = 256;
+        let mats: Vec<PackedMatrix> = [40usize, 12, 12]
+            .iter()
+            .map(|&rows| {
+                let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 3) as u8).collect();
+                let mut raw = vec![0; rows * cols / 4];
+                i2s::pack_codes(&codes, &mut raw).unwrap();
+                PackedMatrix::from_i2s(&raw, rows, cols, 0.5).unwrap()
+            })
+            .collect();
+        let x: Vec<f32> = (0..cols * 5)
+            .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut acts = ActBatch::new(cols, 5);
+        acts.quantize(&x);
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            let mut sep: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows() * 5]).collect();
+            for (m, o) in mats.iter().zip(sep.iter_mut()) {
+                matmul(m, &acts, o, &pool);
+            }
+            let (mut a, mut b, mut c) =
+                (vec![f32::NAN; 200], vec![f32::NAN; 60], vec![f32::NAN; 60]);
+            matmul_many(
+                &mut [
+                    (&mats[0], &mut a[..]),
+                    (&mats[1], &mut b[..]),
+                    (&mats[2], &mut c[..]),
+                ],
+                &acts,
+                &pool,
+            );
+            assert_eq!(
+                (a, b, c),
+                (sep[0].clone(), sep[1].clone(), sep[2].clone()),
+                "{threads} threads"
+            );
+        }
+    }
 
     #[test]
     fn matmul_matches_the_reference_formula() {

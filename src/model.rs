@@ -562,9 +562,15 @@ impl<'m> Session<'m> {
             }
             let s = std::time::Instant::now();
             self.acts_dim.quantize(&self.xb[..t_n * dim]);
-            matmul::matmul(&layer.wq, &self.acts_dim, &mut self.q, &self.pool);
-            matmul::matmul(&layer.wk, &self.acts_dim, &mut self.k, &self.pool);
-            matmul::matmul(&layer.wv, &self.acts_dim, &mut self.v, &self.pool);
+            matmul::matmul_many(
+                &mut [
+                    (&layer.wq, &mut self.q[..]),
+                    (&layer.wk, &mut self.k[..]),
+                    (&layer.wv, &mut self.v[..]),
+                ],
+                &self.acts_dim,
+                &self.pool,
+            );
             tern += s.elapsed();
 
             let s = std::time::Instant::now();
@@ -623,8 +629,14 @@ impl<'m> Session<'m> {
             }
             let s = std::time::Instant::now();
             self.acts_dim.quantize(&self.xb[..t_n * dim]);
-            matmul::matmul(&layer.w_gate, &self.acts_dim, &mut self.hb, &self.pool);
-            matmul::matmul(&layer.w_up, &self.acts_dim, &mut self.hb2, &self.pool);
+            matmul::matmul_many(
+                &mut [
+                    (&layer.w_gate, &mut self.hb[..]),
+                    (&layer.w_up, &mut self.hb2[..]),
+                ],
+                &self.acts_dim,
+                &self.pool,
+            );
             tern += s.elapsed();
             for (g, u) in self.hb[..t_n * ff].iter_mut().zip(&self.hb2) {
                 let r = g.max(0.0);
