@@ -552,14 +552,12 @@ impl<'m> Session<'m> {
         let mut tern = std::time::Duration::ZERO;
         let mut attn = std::time::Duration::ZERO;
         for (l, layer) in m.layers.iter().enumerate() {
-            for t in 0..t_n {
-                rmsnorm(
-                    &mut self.xb[t * dim..(t + 1) * dim],
-                    &self.x[t * dim..(t + 1) * dim],
-                    &layer.attn_norm,
-                    c.eps,
-                );
-            }
+            rmsnorm_rows(
+                &mut self.xb[..t_n * dim],
+                &self.x[..t_n * dim],
+                &layer.attn_norm,
+                c.eps,
+            );
             let s = std::time::Instant::now();
             self.acts_dim.quantize(&self.xb[..t_n * dim]);
             matmul::matmul_many(
@@ -619,14 +617,12 @@ impl<'m> Session<'m> {
                 *x += d;
             }
 
-            for t in 0..t_n {
-                rmsnorm(
-                    &mut self.xb[t * dim..(t + 1) * dim],
-                    &self.x[t * dim..(t + 1) * dim],
-                    &layer.ffn_norm,
-                    c.eps,
-                );
-            }
+            rmsnorm_rows(
+                &mut self.xb[..t_n * dim],
+                &self.x[..t_n * dim],
+                &layer.ffn_norm,
+                c.eps,
+            );
             let s = std::time::Instant::now();
             self.acts_dim.quantize(&self.xb[..t_n * dim]);
             matmul::matmul_many(
@@ -767,6 +763,13 @@ fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
+/// [`rmsnorm`] of each `w.len()`-long row of `x` into `out`.
+fn rmsnorm_rows(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    for (o, r) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
+        rmsnorm(o, r, w, eps);
+    }
+}
+
 fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     let s = rms_scale(x, eps);
     for (v, &g) in x.iter_mut().zip(w) {
@@ -899,55 +902,25 @@ mod tests {
         let model =
             Model::load_with(dir.join("bitnet-tiny.gguf"), LoadOptions { q8_head: true }).unwrap();
         assert!(model.has_q8_head() && model.head_bytes() < 128256 * 256 * 2 * 6 / 10);
-        let refs = std::fs::read_to_string(dir.join("bitnet-tiny.ref.jsonl")).unwrap();
         let (mut diffs, mut agree, mut confident) = (Vec::new(), 0, 0);
-        for line in refs.lines().filter(|l| !l.trim().is_empty()) {
-            let r: serde_json::Value = serde_json::from_str(line).unwrap();
-            let mut seq: Vec<u32> = r["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            let mut tops: Vec<&serde_json::Value> =
-                r["prompt_logits"].as_array().unwrap().iter().collect();
-            for g in r["greedy"].as_array().unwrap() {
-                seq.push(g["token"].as_u64().unwrap() as u32);
-                tops.push(&g["next"]);
-            }
+        for case in reference_cases(&dir) {
             let mut s = Session::new(&model, 256, 64, 2).unwrap();
-            s.forward_all(&seq, &mut |i, logits| {
-                let top = tops[i]["top"].as_array().unwrap();
-                for p in top {
-                    diffs.push(
-                        (logits[p[0].as_u64().unwrap() as usize] - p[1].as_f64().unwrap() as f32)
-                            .abs(),
-                    );
-                }
-                let (t1, t2) = (top[0][1].as_f64().unwrap(), top[1][1].as_f64().unwrap());
-                if t1 - t2 > 1.0 {
+            s.forward_all(&case.seq, &mut |i, logits| {
+                let pairs = &case.tops[i];
+                diffs.extend(pairs.iter().map(|&(id, want)| (logits[id] - want).abs()));
+                if pairs[0].1 - pairs[1].1 > 1.0 {
                     confident += 1;
-                    let ours = logits
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .unwrap()
-                        .0;
-                    agree += usize::from(ours as u64 == top[0][0].as_u64().unwrap());
+                    agree += usize::from(argmax(logits) == pairs[0].0);
                 }
             })
             .unwrap();
         }
-        diffs.sort_by(f32::total_cmp);
-        let q = |f: f64| diffs[((diffs.len() - 1) as f64 * f).round() as usize];
+        let (median, p95, max) = quantiles(diffs);
         println!(
-            "q8 head vs bitnet.cpp: median {:.4}, p95 {:.4}, max {:.4}; top-1 agrees at {agree} of {confident} confident positions",
-            q(0.5),
-            q(0.95),
-            diffs.last().unwrap()
+            "q8 head vs bitnet.cpp: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 agrees at {agree} of {confident} confident positions"
         );
         assert!(
-            q(0.5) <= 0.25 && q(0.95) <= 1.5,
+            median <= 0.25 && p95 <= 1.5,
             "the 8-bit head strays too far"
         );
         assert!(agree * 10 >= confident * 9, "top-1 agreement below 90%");
@@ -979,6 +952,75 @@ mod tests {
         );
     }
 
+    /// One reference prompt of `bitnet-tiny.ref.jsonl`: bitnet.cpp's tokens,
+    /// the teacher-forced sequence (prompt and greedy continuation) and, for
+    /// every position of it, bitnet.cpp's top-10 `(id, logit)`.
+    struct RefCase {
+        prompt: String,
+        tokens: Vec<u32>,
+        seq: Vec<u32>,
+        tops: Vec<Vec<(usize, f32)>>,
+    }
+
+    fn reference_cases(dir: &Path) -> Vec<RefCase> {
+        let top = |v: &serde_json::Value| -> Vec<(usize, f32)> {
+            let pairs = v["top"].as_array().unwrap().iter();
+            pairs
+                .map(|p| {
+                    (
+                        p[0].as_u64().unwrap() as usize,
+                        p[1].as_f64().unwrap() as f32,
+                    )
+                })
+                .collect()
+        };
+        let refs = std::fs::read_to_string(dir.join("bitnet-tiny.ref.jsonl")).unwrap();
+        let mut cases = Vec::new();
+        for line in refs.lines().filter(|l| !l.trim().is_empty()) {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let tokens: Vec<u32> = r["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let mut seq = tokens.clone();
+            let mut tops: Vec<_> = r["prompt_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(top)
+                .collect();
+            for g in r["greedy"].as_array().unwrap() {
+                seq.push(g["token"].as_u64().unwrap() as u32);
+                tops.push(top(&g["next"]));
+            }
+            assert_eq!(tops.len(), seq.len());
+            cases.push(RefCase {
+                prompt: r["prompt"].as_str().unwrap().to_string(),
+                tokens,
+                seq,
+                tops,
+            });
+        }
+        cases
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    }
+
+    /// (median, p95, max) of the values.
+    fn quantiles(mut v: Vec<f32>) -> (f32, f32, f32) {
+        v.sort_by(f32::total_cmp);
+        let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+        (q(0.5), q(0.95), *v.last().unwrap())
+    }
+
     /// |logit difference| statistics against bitnet.cpp's top-10 at every
     /// position, teacher-forced over each reference prompt and its greedy
     /// continuation.
@@ -989,31 +1031,14 @@ mod tests {
             return;
         };
         let model = Model::load(dir.join("bitnet-tiny.gguf")).unwrap();
-        let refs = std::fs::read_to_string(dir.join("bitnet-tiny.ref.jsonl")).unwrap();
-        let mut diffs = Vec::new();
-        let (mut checked_top1, mut positions) = (0, 0);
-        for line in refs.lines().filter(|l| !l.trim().is_empty()) {
-            let r: serde_json::Value = serde_json::from_str(line).unwrap();
-            let prompt = r["prompt"].as_str().unwrap();
-            let ref_tokens: Vec<u32> = r["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+        let (mut diffs, mut checked_top1, mut positions) = (Vec::new(), 0, 0);
+        for case in reference_cases(&dir) {
+            let prompt = &case.prompt;
             assert_eq!(
                 model.tokenizer.encode(prompt, true, false),
-                ref_tokens,
+                case.tokens,
                 "tokens of {prompt:?}"
             );
-            let mut seq = ref_tokens.clone();
-            let mut tops: Vec<&serde_json::Value> =
-                r["prompt_logits"].as_array().unwrap().iter().collect();
-            for g in r["greedy"].as_array().unwrap() {
-                seq.push(g["token"].as_u64().unwrap() as u32);
-                tops.push(&g["next"]);
-            }
-            assert_eq!(tops.len(), seq.len());
             // (batch, threads, attention tasks per thread): the last runs
             // whole 4-head groups through the grouped attention kernels.
             for (batch, threads, per_thread) in
@@ -1021,44 +1046,24 @@ mod tests {
             {
                 let mut s = Session::new(&model, 256, batch, threads).unwrap();
                 s.attn_tasks_per_thread = per_thread;
-                s.forward_all(&seq, &mut |i, logits| {
-                    let top = tops[i]["top"].as_array().unwrap();
-                    let pairs: Vec<(usize, f32)> = top
-                        .iter()
-                        .map(|p| {
-                            (
-                                p[0].as_u64().unwrap() as usize,
-                                p[1].as_f64().unwrap() as f32,
-                            )
-                        })
-                        .collect();
-                    for &(id, want) in &pairs {
-                        diffs.push((logits[id] - want).abs());
-                    }
+                s.forward_all(&case.seq, &mut |i, logits| {
+                    let pairs = &case.tops[i];
+                    diffs.extend(pairs.iter().map(|&(id, want)| (logits[id] - want).abs()));
                     positions += 1;
                     if pairs[0].1 - pairs[1].1 > 1.0 {
-                        let ours = logits
-                            .iter()
-                            .enumerate()
-                            .max_by(|a, b| a.1.total_cmp(b.1))
-                            .unwrap()
-                            .0;
-                        assert_eq!(
-                            ours, pairs[0].0,
-                            "top-1 at position {i} of {prompt:?} (batch {batch})"
-                        );
+                        let ctx =
+                            format!("position {i} of {prompt:?}, batch {batch}, {threads} threads");
+                        assert_eq!(argmax(logits), pairs[0].0, "top-1 at {ctx}");
                         checked_top1 += 1;
                     }
                 })
                 .unwrap();
             }
         }
-        diffs.sort_by(f32::total_cmp);
-        let q = |f: f64| diffs[((diffs.len() - 1) as f64 * f).round() as usize];
-        let (median, p95, max) = (q(0.5), q(0.95), *diffs.last().unwrap());
+        let n = diffs.len();
+        let (median, p95, max) = quantiles(diffs);
         println!(
-            "reference logits: {positions} positions over 4 batch/thread settings, {} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}",
-            diffs.len()
+            "reference logits: {positions} positions over 4 batch/thread settings, {n} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}"
         );
         assert!(
             median <= 0.05 && p95 <= 1.0 && max <= 3.0,
