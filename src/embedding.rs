@@ -416,22 +416,6 @@ pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `outs[j] += a[j] * v` for `g = a.len()` output vectors stored back to
-/// back in `outs`, with one f16 value row `v` converted once.
-pub fn axpy_f16_group(a: &[f32], v: &[u8], outs: &mut [f32]) {
-    let hd = v.len() / 2;
-    assert!(a.len() <= MAX_GROUP && outs.len() >= a.len() * hd);
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c() && hd.is_multiple_of(8) {
-        // SAFETY: F16C, FMA and AVX2 are present; sizes checked above.
-        unsafe { axpy_f16_group_f16c(a, v, outs) };
-        return;
-    }
-    for (j, &aj) in a.iter().enumerate() {
-        axpy_f16(aj, v, &mut outs[j * hd..(j + 1) * hd]);
-    }
-}
-
 /// # Safety
 /// AVX2, FMA and F16C are present; `hd = k.len()/2` is a multiple of 8;
 /// `qs` holds `out.len() * hd` floats; `out.len() <= MAX_GROUP`.
@@ -481,25 +465,85 @@ unsafe fn dot_f16_group_n<const G: usize>(k: &[u8], qs: &[f32], out: &mut [f32])
     }
 }
 
+/// Attention output for a group of `g` heads sharing one V: for every head
+/// `j` and dimension `d`, `outs[j*hd + d] = Σ_{s<n} a[j*a_stride + s] * v_s[d]`
+/// where row `s` of V is `hd` f16 values at byte `s * row_stride` of `v`.
+/// Sums run over positions in order, in registers.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    assert!((1..=MAX_GROUP).contains(&g) && n >= 1 && outs.len() >= g * hd);
+    assert!(a.len() >= (g - 1) * a_stride + n && v.len() >= (n - 1) * row_stride + 2 * hd);
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && hd.is_multiple_of(8) {
+        // SAFETY: AVX2, FMA and F16C are present; bounds asserted above.
+        unsafe {
+            match g {
+                1 => weighted_sum_n::<1>(a, a_stride, v, row_stride, n, hd, outs),
+                2 => weighted_sum_n::<2>(a, a_stride, v, row_stride, n, hd, outs),
+                3 => weighted_sum_n::<3>(a, a_stride, v, row_stride, n, hd, outs),
+                4 => weighted_sum_n::<4>(a, a_stride, v, row_stride, n, hd, outs),
+                5 => weighted_sum_n::<5>(a, a_stride, v, row_stride, n, hd, outs),
+                6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
+                7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
+                _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
+            }
+        }
+        return;
+    }
+    outs[..g * hd].fill(0.0);
+    for s in 0..n {
+        let row = &v[s * row_stride..s * row_stride + 2 * hd];
+        for j in 0..g {
+            axpy_f16(a[j * a_stride + s], row, &mut outs[j * hd..(j + 1) * hd]);
+        }
+    }
+}
+
 /// # Safety
-/// AVX2, FMA and F16C are present; `hd = v.len()/2` is a multiple of 8;
-/// `outs` holds `a.len() * hd` floats.
+/// AVX2, FMA and F16C are present; the bounds of [`attn_weighted_sum`]
+/// hold with `g == G`; `hd` is a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_f16_group_f16c(a: &[f32], v: &[u8], outs: &mut [f32]) {
+unsafe fn weighted_sum_n<const G: usize>(
+    a: &[f32],
+    a_stride: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
     use core::arch::x86_64::*;
-    let hd = v.len() / 2;
     for c in (0..hd).step_by(8) {
-        // SAFETY: c + 8 <= hd; every output row has hd floats.
-        unsafe {
-            let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * c) as *const __m128i));
-            for (j, &aj) in a.iter().enumerate() {
-                let o = outs.as_mut_ptr().add(j * hd + c);
-                _mm256_storeu_ps(
-                    o,
-                    _mm256_fmadd_ps(_mm256_set1_ps(aj), vv, _mm256_loadu_ps(o)),
-                );
+        let mut acc = [_mm256_setzero_ps(); G];
+        for s in 0..n {
+            // SAFETY: row s holds hd f16 values and c + 8 <= hd; a holds
+            // G rows of at least n weights at a_stride.
+            unsafe {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(
+                    v.as_ptr().add(s * row_stride + 2 * c) as *const __m128i
+                ));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_set1_ps(*a.get_unchecked(j * a_stride + s)),
+                        vv,
+                        *acc,
+                    );
+                }
             }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            // SAFETY: outs holds G*hd floats.
+            unsafe { _mm256_storeu_ps(outs.as_mut_ptr().add(j * hd + c), *acc) };
         }
     }
 }
@@ -652,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn grouped_attention_kernels_agree_with_single_ones() {
+    fn grouped_score_kernel_agrees_with_single_dots() {
         for (hd, g) in [(128usize, 4usize), (64, 1), (40, 3), (128, 8)] {
             let k: Vec<u8> = (0..hd)
                 .flat_map(|i| {
@@ -667,14 +711,48 @@ mod tests {
             for j in 0..g {
                 assert!((out[j] - dot_f16_scalar(&k, &qs[j * hd..(j + 1) * hd])).abs() < 1e-4);
             }
-            let a: Vec<f32> = (0..g).map(|j| 0.1 * j as f32 - 0.2).collect();
-            let mut outs = qs.clone();
-            axpy_f16_group(&a, &k, &mut outs);
-            let mut want = qs.clone();
-            for j in 0..g {
-                axpy_f16(a[j], &k, &mut want[j * hd..(j + 1) * hd]);
+        }
+    }
+
+    #[test]
+    fn weighted_sum_matches_per_position_axpy() {
+        for (g, hd, n) in [
+            (4usize, 128usize, 37usize),
+            (1, 64, 1),
+            (2, 40, 5),
+            (8, 128, 300),
+        ] {
+            let stride = 2 * hd + 6; // rows padded, as in a multi-head cache
+            let v: Vec<u8> = (0..n * stride).map(|i| ((i * 37) % 61) as u8).collect();
+            let v: Vec<u8> = v
+                .chunks(2)
+                .flat_map(|c| {
+                    f16::from_f32((c[0] as f32 - 30.0) / 17.0)
+                        .to_bits()
+                        .to_le_bytes()
+                })
+                .collect();
+            let a: Vec<f32> = (0..g * (n + 3))
+                .map(|i| ((i * 13) % 29) as f32 / 29.0)
+                .collect();
+            let mut got = vec![f32::NAN; g * hd];
+            attn_weighted_sum(&a, n + 3, g, &v, stride, n, hd, &mut got);
+            let mut want = vec![0f32; g * hd];
+            for s in 0..n {
+                for j in 0..g {
+                    axpy_f16(
+                        a[j * (n + 3) + s],
+                        &v[s * stride..s * stride + 2 * hd],
+                        &mut want[j * hd..(j + 1) * hd],
+                    );
+                }
             }
-            assert!(outs.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs())),
+                "g={g} hd={hd} n={n}"
+            );
         }
     }
 

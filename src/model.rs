@@ -706,14 +706,8 @@ impl<'m> Session<'m> {
                 for j in 0..g {
                     embedding::softmax_round_f16(&mut sc[j * ctx..j * ctx + p + 1]);
                 }
-                og.fill(0.0);
-                for s in 0..=p {
-                    for j in 0..g {
-                        row[j] = sc[j * ctx + s];
-                    }
-                    let vrow = &vcache[2 * (s * kv + kvh * hd)..2 * (s * kv + (kvh + 1) * hd)];
-                    embedding::axpy_f16_group(&row[..g], vrow, og);
-                }
+                let vrows = &vcache[2 * kvh * hd..];
+                embedding::attn_weighted_sum(sc, ctx, g, vrows, 2 * kv, p + 1, hd, og);
                 // SAFETY: see above.
                 unsafe { att.part(t * dim + h0 * hd, g * hd) }.copy_from_slice(og);
             }
