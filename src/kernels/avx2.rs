@@ -15,9 +15,10 @@ const FLUSH2: usize = 16;
 /// Blocks between flushes of an int16 accumulator fed 4 products per block.
 const FLUSH4: usize = 8;
 
+/// Sum of the eight int32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
+pub(super) fn hsum_i32(v: __m256i) -> i32 {
     let lo = _mm256_castsi256_si128(v);
     let hi = _mm256_extracti128_si256::<1>(v);
     let s = _mm_add_epi32(lo, hi);
@@ -80,7 +81,7 @@ pub unsafe fn dot(w: *const u8, stride: usize, y: *const i8, nb: usize) -> i32 {
 /// `p` is readable for 128 bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load4(p: *const i8) -> [__m256i; 4] {
+pub(super) unsafe fn load4(p: *const i8) -> [__m256i; 4] {
     // SAFETY: by the function's contract.
     unsafe {
         [

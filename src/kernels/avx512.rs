@@ -6,32 +6,7 @@
 
 use core::arch::x86_64::*;
 
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let lo = _mm256_castsi256_si128(v);
-    let hi = _mm256_extracti128_si256::<1>(v);
-    let s = _mm_add_epi32(lo, hi);
-    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
-}
-
-/// # Safety
-/// `p` is readable for 128 bytes.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load4(p: *const i8) -> [__m256i; 4] {
-    // SAFETY: by the function's contract.
-    unsafe {
-        [
-            _mm256_loadu_si256(p as *const __m256i),
-            _mm256_loadu_si256(p.add(32) as *const __m256i),
-            _mm256_loadu_si256(p.add(64) as *const __m256i),
-            _mm256_loadu_si256(p.add(96) as *const __m256i),
-        ]
-    }
-}
+use super::avx2::{hsum_i32, load4};
 
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
