@@ -10,14 +10,14 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use crate::cache::{PackedMatrix, Registry};
 use crate::error::{Error, ErrorKind, Result};
-use crate::i2s::{self, QK_I2_S};
+use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels::{self, Kernel};
 use crate::matmul::{self, ActBatch};
 use crate::threadpool::ThreadPool;
@@ -51,14 +51,20 @@ pub type ggml_bitnet_stfma_cache_handle = *mut ggml_bitnet_stfma_cache_entry;
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    static HAS_ERROR: Cell<bool> = const { Cell::new(false) };
 }
 
 fn clear_error() {
-    LAST_ERROR.with(|e| {
-        if let Ok(mut e) = e.try_borrow_mut() {
-            *e = None;
-        }
-    });
+    // Every call clears the message; the flag keeps that to one load on the
+    // hot path (ggml calls the dot once per weight row).
+    if HAS_ERROR.with(Cell::get) {
+        HAS_ERROR.with(|f| f.set(false));
+        LAST_ERROR.with(|e| {
+            if let Ok(mut e) = e.try_borrow_mut() {
+                *e = None;
+            }
+        });
+    }
 }
 
 fn set_error(err: &Error) {
@@ -68,10 +74,12 @@ fn set_error(err: &Error) {
             *e = Some(msg);
         }
     });
+    HAS_ERROR.with(|f| f.set(true));
 }
 
 /// Runs `f`, catching panics; on failure records the message and returns
 /// `fallback(kind)`.
+#[inline]
 fn guard<T>(fallback: impl FnOnce(ErrorKind) -> T, f: impl FnOnce() -> Result<T>) -> T {
     clear_error();
     let err = match catch_unwind(AssertUnwindSafe(f)) {
@@ -180,43 +188,48 @@ unsafe fn vec_dot(
         }
     };
     let k = kernels::active();
-    let (x, y) = (vx as *const u8, vy as *const i8);
-    if nrc_u > 1 && nrc_u % 4 == 0 {
+    let (x, y, nb) = (vx as *const u8, vy as *const i8, n / QK_I2_S);
+    if nrc_u == 1 {
+        // The classic call, and the one ggml makes per row: straight to the kernel.
+        // SAFETY: `k` is active, hence supported; by the caller's contract the
+        // row holds n/4 bytes and the activations n.
+        unsafe { *s = kernels::dot_raw(k, x, BLOCK_BYTES, y, nb) as f32 };
+    } else if nrc_u % 4 == 0 {
         // Activation-parallel: one weight row, column c at vy + c*by, result to s[c*bs].
-        // SAFETY: by the caller's contract.
-        let w = unsafe { std::slice::from_raw_parts(x, n / 4) };
         for c in (0..nrc_u).step_by(4) {
-            // SAFETY: columns c..c+4 are valid for n bytes each.
-            let a: [&[i8]; 4] = std::array::from_fn(|j| unsafe {
-                std::slice::from_raw_parts(y.add((c + j) * by), n)
-            });
-            let d = kernels::dot_4acts_with(k, w, 32, a);
-            for (j, v) in d.iter().enumerate() {
-                // SAFETY: the caller provides s[(c+j)*bs].
-                unsafe { *s.add((c + j) * bs) = *v as f32 };
+            // SAFETY: as above, for activation columns c..c+4; the caller
+            // provides s[(c+j)*bs].
+            unsafe {
+                let a = std::array::from_fn(|j| y.add((c + j) * by));
+                let d = kernels::dot_4acts_raw(k, x, BLOCK_BYTES, a, nb);
+                for (j, v) in d.iter().enumerate() {
+                    *s.add((c + j) * bs) = *v as f32;
+                }
             }
         }
     } else {
         // Weight rows: row r at vx + r*bx/4, result to s[r].
-        // SAFETY: by the caller's contract.
-        let act = unsafe { std::slice::from_raw_parts(y, n) };
-        let row = |r: usize| -> &[u8] {
-            // SAFETY: row r is valid for n/4 bytes.
-            unsafe { std::slice::from_raw_parts(x.add(r * bx / 4), n / 4) }
-        };
+        let row = |r: usize| x.wrapping_add(r * bx / 4);
         let mut r = 0;
         while r + 4 <= nrc_u {
-            let d =
-                kernels::dot_4rows_with(k, [row(r), row(r + 1), row(r + 2), row(r + 3)], 32, act);
-            for (j, v) in d.iter().enumerate() {
-                // SAFETY: the caller provides s[0..nrc].
-                unsafe { *s.add(r + j) = *v as f32 };
+            // SAFETY: as above, for rows r..r+4; the caller provides s[0..nrc].
+            unsafe {
+                let d = kernels::dot_4rows_raw(
+                    k,
+                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                    BLOCK_BYTES,
+                    y,
+                    nb,
+                );
+                for (j, v) in d.iter().enumerate() {
+                    *s.add(r + j) = *v as f32;
+                }
             }
             r += 4;
         }
         while r < nrc_u {
             // SAFETY: as above.
-            unsafe { *s.add(r) = kernels::dot_with(k, row(r), 32, act) as f32 };
+            unsafe { *s.add(r) = kernels::dot_raw(k, row(r), BLOCK_BYTES, y, nb) as f32 };
             r += 1;
         }
     }

@@ -189,27 +189,8 @@ pub fn dot(w: &[u8], stride: usize, y: &[i8]) -> i32 {
 /// [`dot`] with an explicit kernel (falls back to scalar if unsupported).
 pub fn dot_with(k: Kernel, w: &[u8], stride: usize, y: &[i8]) -> i32 {
     let nb = blocks(w.len(), stride, y.len());
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: support checked; bounds checked by `blocks`.
-        Kernel::Avx2 if k.is_supported() => unsafe {
-            avx2::dot(w.as_ptr(), stride, y.as_ptr(), nb)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe {
-            avx512::dot(w.as_ptr(), stride, y.as_ptr(), nb)
-        },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::Neon => unsafe { neon::dot(w.as_ptr(), stride, y.as_ptr(), nb) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe {
-            neon::dot_dp(w.as_ptr(), stride, y.as_ptr(), nb)
-        },
-        _ => scalar::dot(w, stride, y),
-    }
+    // SAFETY: the kernel is supported; `blocks` checked both lengths.
+    unsafe { dot_raw(supported_or_scalar(k), w.as_ptr(), stride, y.as_ptr(), nb) }
 }
 
 /// Four weight rows against one activation row.
@@ -219,32 +200,19 @@ pub fn dot_4rows_with(k: Kernel, w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32
         stride,
         y.len(),
     );
-    let p = w.map(|r| r.as_ptr());
-    match k {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: support checked; bounds checked by `blocks` on the shortest row.
-        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4rows(p, stride, y.as_ptr(), nb) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe {
-            avx512::dot_4rows(p, stride, y.as_ptr(), nb)
-        },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::Neon => unsafe { neon::dot_4rows(p, stride, y.as_ptr(), nb) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe {
-            neon::dot_4rows_dp(p, stride, y.as_ptr(), nb)
-        },
-        _ => {
-            let _ = p;
-            scalar::dot_4rows(w, stride, y)
-        }
+    // SAFETY: the kernel is supported; `blocks` checked the shortest row.
+    unsafe {
+        dot_4rows_raw(
+            supported_or_scalar(k),
+            w.map(|r| r.as_ptr()),
+            stride,
+            y.as_ptr(),
+            nb,
+        )
     }
 }
 
-/// One weight row against four activation rows of equal length.
+/// One weight row against four activation rows.
 pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
     let len = y[0].len();
     assert!(
@@ -252,28 +220,123 @@ pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32
         "activation rows differ in length"
     );
     let nb = blocks(w.len(), stride, len);
-    let p = y.map(|a| a.as_ptr());
+    // SAFETY: the kernel is supported; `blocks` checked the lengths.
+    unsafe {
+        dot_4acts_raw(
+            supported_or_scalar(k),
+            w.as_ptr(),
+            stride,
+            y.map(|a| a.as_ptr()),
+            nb,
+        )
+    }
+}
+
+fn supported_or_scalar(k: Kernel) -> Kernel {
+    if k.is_supported() {
+        k
+    } else {
+        Kernel::Scalar
+    }
+}
+
+/// The slices a raw call covers, for the scalar kernel.
+///
+/// # Safety
+/// As [`dot_raw`].
+unsafe fn raw_slices<'a>(
+    w: *const u8,
+    stride: usize,
+    y: *const i8,
+    nb: usize,
+) -> (&'a [u8], &'a [i8]) {
+    if nb == 0 {
+        return (&[], &[]);
+    }
+    // SAFETY: by the caller's contract these ranges are readable.
+    unsafe {
+        (
+            std::slice::from_raw_parts(w, (nb - 1) * stride + BLOCK_BYTES),
+            std::slice::from_raw_parts(y, nb * QK_I2_S),
+        )
+    }
+}
+
+/// [`dot_with`] on raw pointers, without the length checks: the entry point
+/// of callers that have already validated their arguments (the C ABI).
+///
+/// # Safety
+/// `k` is supported by this CPU (every kernel [`active`] returns is); for
+/// every block `i < nb`, `w + i*stride` is readable for 32 bytes; `y` is
+/// readable for `nb * 128` bytes.
+#[inline]
+pub unsafe fn dot_raw(k: Kernel, w: *const u8, stride: usize, y: *const i8, nb: usize) -> i32 {
+    // SAFETY (every arm): by the function's contract.
     match k {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: support checked; bounds checked by `blocks`.
-        Kernel::Avx2 if k.is_supported() => unsafe { avx2::dot_4acts(w.as_ptr(), stride, p, nb) },
+        Kernel::Avx2 => unsafe { avx2::dot(w, stride, y, nb) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Kernel::Avx512 if k.is_supported() => unsafe {
-            avx512::dot_4acts(w.as_ptr(), stride, p, nb)
-        },
+        Kernel::Avx512 => unsafe { avx512::dot(w, stride, y, nb) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::Neon => unsafe { neon::dot_4acts(w.as_ptr(), stride, p, nb) },
+        Kernel::Neon => unsafe { neon::dot(w, stride, y, nb) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above.
-        Kernel::NeonDotprod if k.is_supported() => unsafe {
-            neon::dot_4acts_dp(w.as_ptr(), stride, p, nb)
-        },
+        Kernel::NeonDotprod => unsafe { neon::dot_dp(w, stride, y, nb) },
         _ => {
-            let _ = p;
-            scalar::dot_4acts(w, stride, y)
+            let (w, y) = unsafe { raw_slices(w, stride, y, nb) };
+            scalar::dot(w, stride, y)
         }
+    }
+}
+
+/// [`dot_4rows_with`] on raw pointers.
+///
+/// # Safety
+/// As [`dot_raw`], for each of the four rows.
+#[inline]
+pub unsafe fn dot_4rows_raw(
+    k: Kernel,
+    w: [*const u8; 4],
+    stride: usize,
+    y: *const i8,
+    nb: usize,
+) -> [i32; 4] {
+    // SAFETY (every arm): by the function's contract.
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::dot_4rows(w, stride, y, nb) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::dot_4rows(w, stride, y, nb) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => unsafe { neon::dot_4rows(w, stride, y, nb) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDotprod => unsafe { neon::dot_4rows_dp(w, stride, y, nb) },
+        _ => w.map(|r| unsafe { dot_raw(Kernel::Scalar, r, stride, y, nb) }),
+    }
+}
+
+/// [`dot_4acts_with`] on raw pointers.
+///
+/// # Safety
+/// As [`dot_raw`], for each of the four activation rows.
+#[inline]
+pub unsafe fn dot_4acts_raw(
+    k: Kernel,
+    w: *const u8,
+    stride: usize,
+    y: [*const i8; 4],
+    nb: usize,
+) -> [i32; 4] {
+    // SAFETY (every arm): by the function's contract.
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::dot_4acts(w, stride, y, nb) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::dot_4acts(w, stride, y, nb) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => unsafe { neon::dot_4acts(w, stride, y, nb) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDotprod => unsafe { neon::dot_4acts_dp(w, stride, y, nb) },
+        _ => y.map(|a| unsafe { dot_raw(Kernel::Scalar, w, stride, a, nb) }),
     }
 }
 
