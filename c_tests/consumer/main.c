@@ -15,7 +15,12 @@ int main(void) {
     static signed char q[COLS];
     memset(q, 1, sizeof q);
     float s = 0.0f;
-    ggml_vec_dot_i2_i8_s(COLS, &s, 0, tensor, 0, q, 0, 1); /* codes are 2: sum = 2*256 */
+    /* codes are 2: sum = 2*256 (a build without the upstream names has only the STFMA hook) */
+#ifdef GGML_BITNET_STFMA_UPSTREAM_SYMBOLS
+    ggml_vec_dot_i2_i8_s(COLS, &s, 0, tensor, 0, q, 0, 1);
+#else
+    ggml_vec_dot_i2_i8_stfma(COLS, &s, 0, tensor, 0, q, 0, 1);
+#endif
     ggml_bitnet_stfma_cache_handle h = ggml_bitnet_stfma_cache_tensor(tensor, sizeof tensor, ROWS, COLS);
     float x[COLS], y[ROWS];
     for (int i = 0; i < COLS; i++) x[i] = 1.0f;
