@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cache::{PackedMatrix, Registry};
@@ -54,11 +55,17 @@ thread_local! {
     static HAS_ERROR: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Threads whose last-error slot holds a message (a thread that exits with
+/// one leaves the count high, which only costs the fast path below).
+static THREADS_WITH_ERROR: AtomicUsize = AtomicUsize::new(0);
+
 fn clear_error() {
-    // Every call clears the message; the flag keeps that to one load on the
-    // hot path (ggml calls the dot once per weight row).
-    if HAS_ERROR.with(Cell::get) {
+    // Every call clears the message. ggml calls the dot once per weight row,
+    // and thread-local access in a shared library is a call, so the common
+    // case (no thread has an error) is one load of a shared counter.
+    if THREADS_WITH_ERROR.load(Ordering::Relaxed) != 0 && HAS_ERROR.with(Cell::get) {
         HAS_ERROR.with(|f| f.set(false));
+        THREADS_WITH_ERROR.fetch_sub(1, Ordering::Relaxed);
         LAST_ERROR.with(|e| {
             if let Ok(mut e) = e.try_borrow_mut() {
                 *e = None;
@@ -74,7 +81,9 @@ fn set_error(err: &Error) {
             *e = Some(msg);
         }
     });
-    HAS_ERROR.with(|f| f.set(true));
+    if !HAS_ERROR.with(|f| f.replace(true)) {
+        THREADS_WITH_ERROR.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs `f`, catching panics; on failure records the message and returns

@@ -64,6 +64,7 @@ impl Kernel {
             .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
     }
 
+    #[inline]
     fn from_u8(v: u8) -> Option<Kernel> {
         Kernel::ALL.into_iter().find(|k| *k as u8 == v)
     }
@@ -118,10 +119,16 @@ static SELECTED: AtomicU8 = AtomicU8::new(0);
 /// The kernel in use: forced by [`force`], else by `BITNET_STFMA_KERNEL`
 /// (an unknown or unsupported name falls back to the best kernel, with a
 /// warning on stderr), else the best one.
+#[inline]
 pub fn active() -> Kernel {
     if let Some(k) = Kernel::from_u8(SELECTED.load(Ordering::Relaxed)) {
         return k;
     }
+    choose()
+}
+
+#[cold]
+fn choose() -> Kernel {
     let k = match std::env::var(KERNEL_ENV) {
         Ok(name) if !name.trim().is_empty() && !name.trim().eq_ignore_ascii_case("auto") => {
             match Kernel::from_name(&name) {
