@@ -317,7 +317,10 @@ pub unsafe fn dot_4rows_raw(
         Kernel::Neon => unsafe { neon::dot_4rows(w, stride, y, nb) },
         #[cfg(target_arch = "aarch64")]
         Kernel::NeonDotprod => unsafe { neon::dot_4rows_dp(w, stride, y, nb) },
-        _ => w.map(|r| unsafe { dot_raw(Kernel::Scalar, r, stride, y, nb) }),
+        _ => {
+            let rows = w.map(|r| unsafe { raw_slices(r, stride, y, nb) });
+            scalar::dot_4rows(rows.map(|(r, _)| r), stride, rows[0].1)
+        }
     }
 }
 
@@ -343,7 +346,10 @@ pub unsafe fn dot_4acts_raw(
         Kernel::Neon => unsafe { neon::dot_4acts(w, stride, y, nb) },
         #[cfg(target_arch = "aarch64")]
         Kernel::NeonDotprod => unsafe { neon::dot_4acts_dp(w, stride, y, nb) },
-        _ => y.map(|a| unsafe { dot_raw(Kernel::Scalar, w, stride, a, nb) }),
+        _ => {
+            let acts = y.map(|a| unsafe { raw_slices(w, stride, a, nb) });
+            scalar::dot_4acts(acts[0].0, stride, acts.map(|(_, a)| a))
+        }
     }
 }
 
