@@ -181,10 +181,46 @@ static void test_cache(void) {
     CHECK(s == (float)ref_dot(codes, y, N / 2), "cached prefix dot");
     ggml_vec_dot_i2_i8_s_stfma_cached(N + 128, &s, h, y);
     CHECK(isnan(s) && strlen(ggml_bitnet_stfma_last_error()) > 0, "n past the entry");
-    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, true);
-    CHECK(s == want, "hybrid cached");
+    /* the RFC's calling pattern: hybrid with the handle, with raw bytes, cached */
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, (const void *)h, y, true);
+    CHECK(s == want, "hybrid with the handle %f want %f: %s", s, want, ggml_bitnet_stfma_last_error());
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N / 2, &s, (const void *)h, y, true);
+    CHECK(s == (float)ref_dot(codes, y, N / 2), "hybrid with the handle, prefix");
     ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, false);
-    CHECK(s == want, "hybrid uncached");
+    CHECK(s == want, "hybrid with raw bytes");
+    ggml_vec_dot_i2_i8_s_stfma_cached(N, &s, h, y);
+    CHECK(s == want, "cached after hybrid");
+    /* extension: the source address of a live entry reads the caller's bytes */
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, true);
+    CHECK(s == want, "hybrid with the source address");
+    /* the source bytes reused for other weights: the current result, never the cached one */
+    {
+        uint8_t saved = w[0];
+        uint8_t c0[4];
+        for (int k = 0; k < 4; k++) c0[k] = codes[k * 32];
+        w[0] ^= 0xFF; /* the four codes of byte 0 (elements 0, 32, 64, 96) change */
+        for (int k = 0; k < 4; k++) codes[k * 32] = (uint8_t)((w[0] >> (6 - 2 * k)) & 3);
+        float now = (float)ref_dot(codes, y, N);
+        ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, true);
+        CHECK(s == now, "hybrid on reused source bytes gave %f, want %f", s, now);
+        ggml_vec_dot_i2_i8_s_stfma_cached(N, &s, h, y);
+        CHECK(s == want, "the entry keeps its copy");
+        w[0] = saved;
+        for (int k = 0; k < 4; k++) codes[k * 32] = c0[k];
+    }
+    /* neither a handle nor a cached source: an error, nothing read through it */
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, (const void *)(uintptr_t)0x10, y, true);
+    CHECK(isnan(s) && strlen(ggml_bitnet_stfma_last_error()) > 0, "hybrid with garbage");
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, (const void *)((uintptr_t)h + 16), y, true);
+    CHECK(isnan(s) && strlen(ggml_bitnet_stfma_last_error()) > 0, "hybrid with a never-issued handle");
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, NULL, y, true);
+    CHECK(isnan(s), "hybrid with NULL");
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, false);
+    CHECK(s == want && strlen(ggml_bitnet_stfma_last_error()) == 0, "error cleared");
 
     /* a whole tensor: 10 rows x 640 plus scale */
     enum { ROWS = 10, COLS = 640 };
@@ -202,6 +238,8 @@ static void test_cache(void) {
     CHECK(ggml_bitnet_stfma_tensor_dot(t, 0, ROWS, y, td) == 0, "tensor_dot");
     for (int i = 0; i < ROWS; i++) CHECK(td[i] == (float)ref_dot(tc + i * COLS, y, COLS), "tensor_dot row %d", i);
     CHECK(ggml_bitnet_stfma_tensor_dot(t, 8, 3, y, td) == GGML_BITNET_STFMA_ERR_INVALID, "rows past the end");
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(COLS, &s, (const void *)t, y, true);
+    CHECK(s == (float)ref_dot(tc, y, COLS), "hybrid with a tensor handle: its first row");
     CHECK(ggml_bitnet_stfma_cache_tensor(tensor, 100, ROWS, COLS) == NULL, "short data accepted");
     CHECK(ggml_bitnet_stfma_cache_tensor(tensor, sizeof tensor, ROWS, 100) == NULL, "cols not a multiple of 128 accepted");
 
@@ -219,6 +257,12 @@ static void test_cache(void) {
     CHECK(ggml_bitnet_stfma_get_cached_weights(h) == NULL, "freed handle still readable");
     ggml_vec_dot_i2_i8_s_stfma_cached(N, &s, h, y);
     CHECK(isnan(s), "dot on a freed handle");
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, (const void *)h, y, true);
+    CHECK(isnan(s) && strlen(ggml_bitnet_stfma_last_error()) > 0, "hybrid on a freed handle");
+    s = 0;
+    ggml_vec_dot_i2_i8_s_stfma_hybrid(N, &s, w, y, true);
+    CHECK(isnan(s), "hybrid with the source of a freed entry");
     ggml_bitnet_stfma_free_cached_weights(NULL);
     CHECK(strlen(ggml_bitnet_stfma_last_error()) > 0, "NULL free not reported");
     ggml_bitnet_stfma_free_cached_weights((ggml_bitnet_stfma_cache_handle)(uintptr_t)0xdeadbeef0);

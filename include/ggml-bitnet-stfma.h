@@ -108,9 +108,8 @@ void ggml_bitnet_stfma_cache_init(void);
 // Copies `n` weights (a positive multiple of 128) in the I2_S layout from
 // `bitnet_weights` (`n/4` bytes, one row) into a 64-byte aligned cache
 // entry and returns its handle, or NULL (with the last error set) on a NULL
-// pointer, a bad `n`, or no memory. The source may be freed afterwards; the
-// hybrid dot finds the entry by the source address only while the source
-// bytes stay unchanged. Thread-safe.
+// pointer, a bad `n`, or no memory. The source may be freed afterwards.
+// Handle values are never valid addresses (see the hybrid dot). Thread-safe.
 ggml_bitnet_stfma_cache_handle ggml_bitnet_stfma_cache_weights(const uint8_t *bitnet_weights, size_t n);
 
 // The cached (repacked) bytes of a live entry, or NULL (last error set) for
@@ -147,11 +146,21 @@ void ggml_vec_dot_i2_i8_stfma(int n, float *s, size_t bs, const void *vx, size_t
 // On error writes NaN to `*s` (if `s` is not NULL) and sets the last error.
 void ggml_vec_dot_i2_i8_s_stfma_cached(int n, float *s, ggml_bitnet_stfma_cache_handle vx, const void *vy);
 
-// The dot of `n` weights at `vx` (I2_S bytes) with `vy`. With `use_cache`,
-// a live entry made by `ggml_bitnet_stfma_cache_weights` from this same
-// address is used when one exists; otherwise, and without `use_cache`, the
-// bytes at `vx` are read directly. Results are identical either way. On
-// error writes NaN to `*s` and sets the last error.
+// The RFC's hybrid dot. What `vx` may be:
+//
+// - `use_cache == false`: the address of `n/4` bytes of I2_S weights (one
+//   row), read directly, as `ggml_vec_dot_i2_i8_s` with `nrc == 1`.
+// - `use_cache == true`: a live handle from `ggml_bitnet_stfma_cache_weights`
+//   or `ggml_bitnet_stfma_cache_tensor` (the RFC's contract: the dot of its
+//   first row's first `n` weights, as `ggml_vec_dot_i2_i8_s_stfma_cached`);
+//   or, as an extension, the address of the bytes a live entry was made from,
+//   which are then read directly (so bytes changed or reused since caching
+//   give the current result, never a stale one). Anything else (NULL, a
+//   freed or never-issued handle, an address no live entry was made from)
+//   is an error: nothing is read through it.
+//
+// The result equals `ggml_vec_dot_i2_i8_s` on the original bytes. On error
+// writes NaN to `*s` (if `s` is not NULL) and sets the last error.
 void ggml_vec_dot_i2_i8_s_stfma_hybrid(int n, float *s, const void *vx, const void *vy, bool use_cache);
 
 // The RFC's per-2-bit-field re-encoding, kept for source compatibility:

@@ -262,6 +262,34 @@ struct Inner {
     stats: Stats,
 }
 
+/// Ids (the handle values the C ABI returns) are random below this mask,
+/// stepped by 16, with the bits of `ID_HIGH_BITS` set. On 64-bit targets that
+/// puts every id at or above 2^57: no user-space address on x86-64 (47 bits,
+/// 56 with five-level paging) or AArch64 (48 or 52 bits) is that high, so a
+/// live handle can never equal the address of the caller's weights, and the
+/// hybrid dot can tell the two apart.
+#[cfg(target_pointer_width = "64")]
+const ID_RANDOM_MASK: u64 = 0x00FF_FFFF_FFFF_FFF0;
+#[cfg(target_pointer_width = "64")]
+const ID_HIGH_BITS: u64 = 0x0200_0000_0000_0000;
+#[cfg(not(target_pointer_width = "64"))]
+const ID_RANDOM_MASK: u64 = 0x3FFF_FFF0;
+#[cfg(not(target_pointer_width = "64"))]
+const ID_HIGH_BITS: u64 = 0x4000_0000;
+
+/// What a value passed to the hybrid dot turned out to be.
+pub enum Lookup {
+    /// A live handle: its entry.
+    Handle(Arc<Entry>),
+    /// The address of the bytes a live entry was made from: the caller's
+    /// bytes are still theirs, so the dot reads them (the result is the one
+    /// the entry would give while they are unchanged, and the current one
+    /// if they changed: never a stale cached result).
+    Source,
+    /// Neither (a freed or never-issued handle, or an unknown address).
+    Unknown,
+}
+
 /// The thread-safe handle store behind the C ABI.
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -280,8 +308,7 @@ impl Registry {
         base ^= base >> 29;
         base = base.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         base ^= base >> 32;
-        // Keep ids below 2^62 and away from small integers; step by 16.
-        let base = ((base & 0x0FFF_FFFF_FFFF_FFFF) | 0x1_0000) & !0xF;
+        let base = (base & ID_RANDOM_MASK) | ID_HIGH_BITS;
         Registry {
             inner: Mutex::new(Inner::default()),
             next_id: AtomicU64::new(base),
@@ -325,13 +352,17 @@ impl Registry {
             .ok_or_else(|| bad_handle(id))
     }
 
-    /// The live entry made from bytes at this address, if any.
-    pub fn find_source(&self, addr: usize) -> Option<Arc<Entry>> {
+    /// Classifies a value given to the hybrid dot: a live handle first, then
+    /// the source address of a live entry.
+    pub fn lookup(&self, value: usize) -> Lookup {
         let g = self.lock();
-        g.by_source
-            .get(&addr)
-            .and_then(|id| g.entries.get(id))
-            .cloned()
+        if let Some(e) = g.entries.get(&(value as u64)) {
+            return Lookup::Handle(e.clone());
+        }
+        if g.by_source.contains_key(&value) {
+            return Lookup::Source;
+        }
+        Lookup::Unknown
     }
 
     /// Frees an entry. A second free of the same id is an error.
@@ -438,11 +469,15 @@ mod tests {
             (2, 64 + 128, 128)
         );
         assert_eq!(s.overhead_ratio(), 1.5);
-        assert!(reg.find_source(raw.as_ptr() as usize).is_some());
+        assert!(matches!(reg.lookup(a as usize), Lookup::Handle(_)));
+        assert!(matches!(reg.lookup(raw.as_ptr() as usize), Lookup::Source));
+        assert!(matches!(reg.lookup(a as usize + 16), Lookup::Unknown));
+        assert!(a >= ID_HIGH_BITS && b >= ID_HIGH_BITS);
         reg.remove(a).unwrap();
         assert_eq!(reg.remove(a).unwrap_err().kind, ErrorKind::BadHandle);
         assert!(reg.get(a).is_err());
-        assert!(reg.find_source(raw.as_ptr() as usize).is_none());
+        assert!(matches!(reg.lookup(a as usize), Lookup::Unknown));
+        assert!(matches!(reg.lookup(raw.as_ptr() as usize), Lookup::Unknown));
         assert!(reg.get(12345).is_err());
         reg.clear();
         assert!(reg.get(b).is_err());

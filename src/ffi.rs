@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cache::{PackedMatrix, Registry};
+use crate::cache::{Lookup, PackedMatrix, Registry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels::{self, Kernel};
@@ -357,9 +357,8 @@ pub extern "C" fn ggml_bitnet_stfma_cache_init() {
 /// Copies `n` weights (a positive multiple of 128) in the I2_S layout from
 /// `bitnet_weights` (`n/4` bytes, one row) into a 64-byte aligned cache
 /// entry and returns its handle, or NULL (with the last error set) on a NULL
-/// pointer, a bad `n`, or no memory. The source may be freed afterwards; the
-/// hybrid dot finds the entry by the source address only while the source
-/// bytes stay unchanged. Thread-safe.
+/// pointer, a bad `n`, or no memory. The source may be freed afterwards.
+/// Handle values are never valid addresses (see the hybrid dot). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ggml_bitnet_stfma_cache_weights(
     bitnet_weights: *const u8,
@@ -524,11 +523,21 @@ fn dot_entry_prefix(m: &PackedMatrix, y: &[i8]) -> Result<i32> {
     Ok(kernels::dot(w, stride, y))
 }
 
-/// The dot of `n` weights at `vx` (I2_S bytes) with `vy`. With `use_cache`,
-/// a live entry made by `ggml_bitnet_stfma_cache_weights` from this same
-/// address is used when one exists; otherwise, and without `use_cache`, the
-/// bytes at `vx` are read directly. Results are identical either way. On
-/// error writes NaN to `*s` and sets the last error.
+/// The RFC's hybrid dot. What `vx` may be:
+///
+/// - `use_cache == false`: the address of `n/4` bytes of I2_S weights (one
+///   row), read directly, as `ggml_vec_dot_i2_i8_s` with `nrc == 1`.
+/// - `use_cache == true`: a live handle from `ggml_bitnet_stfma_cache_weights`
+///   or `ggml_bitnet_stfma_cache_tensor` (the RFC's contract: the dot of its
+///   first row's first `n` weights, as `ggml_vec_dot_i2_i8_s_stfma_cached`);
+///   or, as an extension, the address of the bytes a live entry was made from,
+///   which are then read directly (so bytes changed or reused since caching
+///   give the current result, never a stale one). Anything else (NULL, a
+///   freed or never-issued handle, an address no live entry was made from)
+///   is an error: nothing is read through it.
+///
+/// The result equals `ggml_vec_dot_i2_i8_s` on the original bytes. On error
+/// writes NaN to `*s` (if `s` is not NULL) and sets the last error.
 #[no_mangle]
 pub unsafe extern "C" fn ggml_vec_dot_i2_i8_s_stfma_hybrid(
     n: c_int,
@@ -546,14 +555,23 @@ pub unsafe extern "C" fn ggml_vec_dot_i2_i8_s_stfma_hybrid(
             let n = check_n(n)?;
             // SAFETY: by the caller's contract vy holds n int8.
             let y = unsafe { slice(vy as *const i8, n, "vy")? };
-            if use_cache && !vx.is_null() {
-                if let Some(e) = Registry::global().find_source(vx as usize) {
-                    if e.matrix.cols() >= n {
-                        return Ok(Some(dot_entry_prefix(&e.matrix, y)?));
+            if use_cache {
+                match Registry::global().lookup(vx as usize) {
+                    Lookup::Handle(e) => return Ok(Some(dot_entry_prefix(&e.matrix, y)?)),
+                    Lookup::Source => {}
+                    Lookup::Unknown => {
+                        return Err(Error::new(
+                            ErrorKind::BadHandle,
+                            format!(
+                                "vx = {vx:p} with use_cache is neither a live cache handle nor \
+                                 the source address of a live cache entry"
+                            ),
+                        ))
                     }
                 }
             }
-            // SAFETY: by the caller's contract vx holds n/4 bytes.
+            // SAFETY: by the caller's contract vx holds n/4 bytes (with
+            // use_cache, the caller cached from this address and keeps it).
             let w = unsafe { slice(vx as *const u8, n / 4, "vx")? };
             Ok(Some(kernels::dot(w, 32, y)))
         },
