@@ -471,7 +471,7 @@ mod tests {
         assert_eq!(s.overhead_ratio(), 1.5);
         assert!(matches!(reg.lookup(a as usize), Lookup::Handle(_)));
         assert!(matches!(reg.lookup(raw.as_ptr() as usize), Lookup::Source));
-        assert!(matches!(reg.lookup(a as usize + 16), Lookup::Unknown));
+        assert!(matches!(reg.lookup(b as usize + 16), Lookup::Unknown));
         assert!(a >= ID_HIGH_BITS && b >= ID_HIGH_BITS);
         reg.remove(a).unwrap();
         assert_eq!(reg.remove(a).unwrap_err().kind, ErrorKind::BadHandle);
