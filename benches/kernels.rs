@@ -7,7 +7,9 @@
 //! - `raw4`: four raw rows per call, sharing the activation loads;
 //! - `cached`: the repacked tile layout of the cache, four rows per call;
 //! - `cached_4acts`: one weight row against four activation rows (the
-//!   prompt-processing GEMM form), counted as 4 MACs per weight.
+//!   prompt-processing GEMM form), counted as 4 MACs per weight;
+//! - `cached_tile8`: a four-row tile against eight activation rows (the
+//!   register tile the prompt matmul uses), counted as 8 MACs per weight.
 //!
 //! `cargo bench --bench kernels -- avx2/cached` runs a subset.
 
@@ -47,7 +49,7 @@ fn bench(c: &mut Criterion) {
     for (cols, rows) in SHAPES {
         let (raw, y) = data(rows, cols);
         let packed = PackedMatrix::from_i2s(&raw, rows, cols, 1.0).unwrap();
-        let ys: Vec<Vec<i8>> = (0..4)
+        let ys: Vec<Vec<i8>> = (0..8)
             .map(|j| y.iter().map(|&v| v.wrapping_add(j)).collect())
             .collect();
         let row_bytes = cols / 4;
@@ -103,6 +105,27 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     for r in 0..rows {
                         black_box(packed.dot_row_4acts(k, r, acts));
+                    }
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("{cols}x{rows}_8acts"));
+        g.throughput(Throughput::Elements((8 * rows * cols) as u64));
+        g.sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for k in Kernel::supported()
+            .into_iter()
+            .filter(|&k| k != Kernel::Scalar)
+        {
+            g.bench_function(BenchmarkId::new(k.name(), "cached_tile8"), |b| {
+                let acts: [&[i8]; 8] = std::array::from_fn(|j| &ys[j][..]);
+                b.iter(|| {
+                    for r in (0..rows).step_by(4) {
+                        let v: [(&[u8], usize); 4] = std::array::from_fn(|i| packed.row(r + i));
+                        black_box(kernels::tile_with(k, v.map(|x| x.0), v[0].1, acts));
                     }
                 })
             });

@@ -170,6 +170,33 @@ impl PackedMatrix {
         )
     }
 
+    /// The four rows of the tile that holds row `r0` (a multiple of
+    /// [`TILE_ROWS`]) as kernel views, padding rows (all code 0) included,
+    /// and the stride between their blocks. `None` for a matrix stored
+    /// without tiles (a single cached row).
+    pub fn tile(&self, r0: usize) -> Option<([&[u8]; 4], usize)> {
+        if self.tile_rows != TILE_ROWS {
+            return None;
+        }
+        assert!(
+            r0.is_multiple_of(TILE_ROWS) && r0 < self.rows,
+            "tile row {r0} of {}",
+            self.rows
+        );
+        let nb = self.blocks();
+        let stride = TILE_ROWS * BLOCK_BYTES;
+        let start = r0 * nb * BLOCK_BYTES;
+        let len = (nb - 1) * stride + BLOCK_BYTES;
+        let d = self.bytes();
+        Some((
+            std::array::from_fn(|i| {
+                let s = start + i * BLOCK_BYTES;
+                &d[s..s + len]
+            }),
+            stride,
+        ))
+    }
+
     /// The codes of row `r`, one per byte (for tests and conversions).
     pub fn row_codes(&self, r: usize, out: &mut [u8]) {
         let (w, stride) = self.row(r);

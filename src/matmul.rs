@@ -137,7 +137,8 @@ pub fn matmul_many_with(
     });
 }
 
-/// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`]) for every column.
+/// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`], `r0` on a tile boundary) for
+/// every column, eight columns at a time where there are eight.
 fn block(
     k: Kernel,
     w: &PackedMatrix,
@@ -146,43 +147,56 @@ fn block(
     r1: usize,
     out: &DisjointMut<f32>,
 ) {
-    let (rows, cols) = (w.rows(), acts.cols());
-    let mut dots = [0i32; ROWS_PER_BLOCK * 4];
+    let cols = acts.cols();
     let mut c = 0;
-    while c + 4 <= cols {
-        let a = [
-            acts.col(c),
-            acts.col(c + 1),
-            acts.col(c + 2),
-            acts.col(c + 3),
-        ];
-        for r in r0..r1 {
-            let d = w.dot_row_4acts(k, r, [a[0].0, a[1].0, a[2].0, a[3].0]);
-            for j in 0..4 {
-                dots[j * ROWS_PER_BLOCK + r - r0] = d[j];
-            }
-        }
-        for (j, &(_, q)) in a.iter().enumerate() {
-            // SAFETY: each task writes only its own rows of each column,
-            // disjoint from every other task; `out` outlives the pool run.
-            let o = unsafe { out.part((c + j) * rows + r0, r1 - r0) };
-            finish_into(
-                &dots[j * ROWS_PER_BLOCK..j * ROWS_PER_BLOCK + (r1 - r0)],
-                q,
-                w.scale(),
-                o,
-            );
-        }
-        c += 4;
-    }
     while c < cols {
-        let (y, q) = acts.col(c);
-        w.dot_rows(k, r0..r1, y, &mut dots[..r1 - r0]);
-        // SAFETY: as above.
-        let o = unsafe { out.part(c * rows + r0, r1 - r0) };
-        finish_into(&dots[..r1 - r0], q, w.scale(), o);
-        c += 1;
+        c += match cols - c {
+            8.. => columns::<8>(k, w, acts, c, r0, r1, out),
+            4..=7 => columns::<4>(k, w, acts, c, r0, r1, out),
+            2 | 3 => columns::<2>(k, w, acts, c, r0, r1, out),
+            _ => columns::<1>(k, w, acts, c, r0, r1, out),
+        };
     }
+}
+
+/// Rows `r0..r1` for columns `c..c+N`, through the kernels' register tile
+/// (four rows by `N` columns); returns `N`.
+fn columns<const N: usize>(
+    k: Kernel,
+    w: &PackedMatrix,
+    acts: &ActBatch,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    out: &DisjointMut<f32>,
+) -> usize {
+    let mut dots = [[0i32; ROWS_PER_BLOCK]; N];
+    let y: [&[i8]; N] = std::array::from_fn(|j| acts.col(c + j).0);
+    let mut r = r0;
+    while r < r1 {
+        if let Some((rows, stride)) = w.tile(r) {
+            let d = kernels::tile_with(k, rows, stride, y);
+            let n = TILE_ROWS.min(r1 - r);
+            for (dj, tj) in dots.iter_mut().zip(&d) {
+                dj[r - r0..r - r0 + n].copy_from_slice(&tj[..n]);
+            }
+            r += TILE_ROWS;
+        } else {
+            let (row, stride) = w.row(r);
+            for (dj, yj) in dots.iter_mut().zip(&y) {
+                dj[r - r0] = kernels::dot_with(k, row, stride, yj);
+            }
+            r += 1;
+        }
+    }
+    for (j, dj) in dots.iter().enumerate() {
+        let q = acts.col(c + j).1;
+        // SAFETY: each task writes only its own rows of each column,
+        // disjoint from every other task; `out` outlives the pool run.
+        let o = unsafe { out.part((c + j) * w.rows() + r0, r1 - r0) };
+        finish_into(&dj[..r1 - r0], q, w.scale(), o);
+    }
+    N
 }
 
 fn finish_into(dots: &[i32], q: ActQuant, w_scale: f32, out: &mut [f32]) {

@@ -8,42 +8,44 @@ use core::arch::x86_64::*;
 
 use super::avx2::{hsum_i32, load4};
 
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn dot_block(acc: __m256i, x: __m256i, y: [__m256i; 4]) -> __m256i {
-    let mask = _mm256_set1_epi8(3);
-    let acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16::<6>(x), mask), y[0]);
-    let acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask), y[1]);
-    let acc = _mm256_dpbusd_epi32(acc, _mm256_and_si256(_mm256_srli_epi16::<2>(x), mask), y[2]);
-    _mm256_dpbusd_epi32(acc, _mm256_and_si256(x, mask), y[3])
-}
-
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; `w + i*stride` is readable for 32
 /// bytes and `y` for `nb * 128` bytes, for every block `i < nb`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot(w: *const u8, stride: usize, y: *const i8, nb: usize) -> i32 {
-    let mut acc0 = _mm256_setzero_si256();
-    let mut acc1 = _mm256_setzero_si256();
-    let mut b = 0;
-    while b + 1 < nb {
-        // SAFETY: blocks b and b+1 are in bounds by the contract.
-        unsafe {
-            let x0 = _mm256_loadu_si256(w.add(b * stride) as *const __m256i);
-            let x1 = _mm256_loadu_si256(w.add((b + 1) * stride) as *const __m256i);
-            acc0 = dot_block(acc0, x0, load4(y.add(b * 128)));
-            acc1 = dot_block(acc1, x1, load4(y.add((b + 1) * 128)));
-        }
-        b += 2;
+    // One accumulator per code plane: the four `vpdpbusd` of a block are
+    // independent, so the loop runs at their throughput, not their latency.
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for b in 0..nb {
+        // SAFETY: block b of the row and of the activations is in bounds.
+        let (x, yv) = unsafe {
+            (
+                _mm256_loadu_si256(w.add(b * stride) as *const __m256i),
+                load4(y.add(b * 128)),
+            )
+        };
+        acc[0] = _mm256_dpbusd_epi32(
+            acc[0],
+            _mm256_and_si256(_mm256_srli_epi16::<6>(x), mask),
+            yv[0],
+        );
+        acc[1] = _mm256_dpbusd_epi32(
+            acc[1],
+            _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
+            yv[1],
+        );
+        acc[2] = _mm256_dpbusd_epi32(
+            acc[2],
+            _mm256_and_si256(_mm256_srli_epi16::<2>(x), mask),
+            yv[2],
+        );
+        acc[3] = _mm256_dpbusd_epi32(acc[3], _mm256_and_si256(x, mask), yv[3]);
     }
-    if b < nb {
-        // SAFETY: block b is in bounds by the contract.
-        unsafe {
-            let x = _mm256_loadu_si256(w.add(b * stride) as *const __m256i);
-            acc0 = dot_block(acc0, x, load4(y.add(b * 128)));
-        }
-    }
-    hsum_i32(_mm256_add_epi32(acc0, acc1))
+    hsum_i32(_mm256_add_epi32(
+        _mm256_add_epi32(acc[0], acc[1]),
+        _mm256_add_epi32(acc[2], acc[3]),
+    ))
 }
 
 /// # Safety
@@ -88,23 +90,145 @@ pub unsafe fn dot_4rows(w: [*const u8; 4], stride: usize, y: *const i8, nb: usiz
     ]
 }
 
+/// The four 64-byte code planes of one 32-byte block broadcast to both
+/// 256-bit halves.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn unpack_wide(x: __m512i) -> [__m512i; 4] {
+    let mask = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(_mm512_srli_epi16::<6>(x), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(x), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(x), mask),
+        _mm512_and_si512(x, mask),
+    ]
+}
+
+/// 32 activations of row `a` in the low half and of row `b` in the high half.
+///
+/// # Safety
+/// Both pointers are readable for 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pair(a: *const i8, b: *const i8) -> __m512i {
+    // SAFETY: by the function's contract.
+    unsafe {
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(a as *const __m256i)),
+            _mm256_loadu_si256(b as *const __m256i),
+        )
+    }
+}
+
+/// Sums of the low and the high eight int32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn hsum_halves(v: __m512i) -> [i32; 2] {
+    [
+        hsum_i32(_mm512_castsi512_si256(v)),
+        hsum_i32(_mm512_extracti64x4_epi64::<1>(v)),
+    ]
+}
+
 /// # Safety
 /// As [`dot`], for the row and each of the four activation rows.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usize) -> [i32; 4] {
-    let mut acc = [_mm256_setzero_si256(); 4];
+    // The block's codes in both halves; activation rows 0|1 and 2|3 paired;
+    // two accumulators per pair (even and odd planes) keep chains short.
+    let mut acc = [_mm512_setzero_si512(); 4];
     for b in 0..nb {
         // SAFETY: block b of the row is in bounds.
-        let x = unsafe { _mm256_loadu_si256(w.add(b * stride) as *const __m256i) };
-        for j in 0..4 {
-            // SAFETY: block b of activation row j is in bounds.
-            acc[j] = dot_block(acc[j], x, unsafe { load4(y[j].add(b * 128)) });
+        let x = unsafe {
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(w.add(b * stride) as *const __m256i))
+        };
+        let c = unpack_wide(x);
+        for s in 0..4 {
+            let o = b * 128 + 32 * s;
+            // SAFETY: block b of each activation row is in bounds.
+            let (y01, y23) = unsafe {
+                (
+                    pair(y[0].add(o), y[1].add(o)),
+                    pair(y[2].add(o), y[3].add(o)),
+                )
+            };
+            acc[s & 1] = _mm512_dpbusd_epi32(acc[s & 1], c[s], y01);
+            acc[2 + (s & 1)] = _mm512_dpbusd_epi32(acc[2 + (s & 1)], c[s], y23);
         }
     }
-    [
-        hsum_i32(acc[0]),
-        hsum_i32(acc[1]),
-        hsum_i32(acc[2]),
-        hsum_i32(acc[3]),
-    ]
+    let [a0, a1] = hsum_halves(_mm512_add_epi32(acc[0], acc[1]));
+    let [a2, a3] = hsum_halves(_mm512_add_epi32(acc[2], acc[3]));
+    [a0, a1, a2, a3]
+}
+
+/// Four weight rows (a cache tile) against `N` activation rows: the prompt
+/// GEMM's register tile. Rows 0|1 and 2|3 share a 512-bit register, each
+/// 32-byte activation vector is broadcast to both halves and feeds two
+/// `vpdpbusd`, so every unpacked code plane is used `2N` times. Returns
+/// `out[j][r]` = row `r` against activation row `j`.
+///
+/// # Safety
+/// As [`dot`], for each of the four rows and each of the `N` activation rows.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile<const N: usize>(
+    w: [*const u8; 4],
+    stride: usize,
+    y: [*const i8; N],
+    nb: usize,
+) -> [[i32; 4]; N] {
+    let mask = _mm512_set1_epi8(3);
+    // Narrow tiles keep a second set of accumulators for the odd code
+    // planes, so short dependency chains do not bound them by latency; wide
+    // tiles have enough independent chains (and no registers to spare).
+    let split = N <= 4;
+    let mut acc01 = [[_mm512_setzero_si512(); N]; 2];
+    let mut acc23 = [[_mm512_setzero_si512(); N]; 2];
+    for b in 0..nb {
+        let off = b * stride;
+        // SAFETY: block b of each row is in bounds.
+        let (x01, x23) = unsafe {
+            (
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(w[0].add(off) as *const __m256i)),
+                    _mm256_loadu_si256(w[1].add(off) as *const __m256i),
+                ),
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(w[2].add(off) as *const __m256i)),
+                    _mm256_loadu_si256(w[3].add(off) as *const __m256i),
+                ),
+            )
+        };
+        let c01 = [
+            _mm512_and_si512(_mm512_srli_epi16::<6>(x01), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(x01), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(x01), mask),
+            _mm512_and_si512(x01, mask),
+        ];
+        let c23 = [
+            _mm512_and_si512(_mm512_srli_epi16::<6>(x23), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(x23), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(x23), mask),
+            _mm512_and_si512(x23, mask),
+        ];
+        for s in 0..4 {
+            for j in 0..N {
+                // SAFETY: block b of activation row j is in bounds.
+                let a = unsafe {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        y[j].add(b * 128 + 32 * s) as *const __m256i
+                    ))
+                };
+                let h = usize::from(split && s & 1 == 1);
+                acc01[h][j] = _mm512_dpbusd_epi32(acc01[h][j], c01[s], a);
+                acc23[h][j] = _mm512_dpbusd_epi32(acc23[h][j], c23[s], a);
+            }
+        }
+    }
+    let mut out = [[0i32; 4]; N];
+    for j in 0..N {
+        let [r0, r1] = hsum_halves(_mm512_add_epi32(acc01[0][j], acc01[1][j]));
+        let [r2, r3] = hsum_halves(_mm512_add_epi32(acc23[0][j], acc23[1][j]));
+        out[j] = [r0, r1, r2, r3];
+    }
+    out
 }

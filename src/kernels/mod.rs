@@ -239,6 +239,32 @@ pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32
     }
 }
 
+/// Four weight rows (a cache tile) against `N` activation rows, the prompt
+/// GEMM's register tile: `out[j][r]` is row `r` against activation row `j`.
+pub fn tile_with<const N: usize>(
+    k: Kernel,
+    w: [&[u8]; 4],
+    stride: usize,
+    y: [&[i8]; N],
+) -> [[i32; 4]; N] {
+    let len = y.first().map_or(0, |a| a.len());
+    assert!(
+        y.iter().all(|a| a.len() == len),
+        "activation rows differ in length"
+    );
+    let nb = blocks(w.iter().map(|r| r.len()).min().unwrap_or(0), stride, len);
+    // SAFETY: the kernel is supported; `blocks` checked the shortest row.
+    unsafe {
+        tile_raw(
+            supported_or_scalar(k),
+            w.map(|r| r.as_ptr()),
+            stride,
+            y.map(|a| a.as_ptr()),
+            nb,
+        )
+    }
+}
+
 fn supported_or_scalar(k: Kernel) -> Kernel {
     if k.is_supported() {
         k
@@ -351,6 +377,55 @@ pub unsafe fn dot_4acts_raw(
             scalar::dot_4acts(acts[0].0, stride, acts.map(|(_, a)| a))
         }
     }
+}
+
+/// [`tile_with`] on raw pointers. Kernels without a register tile of their
+/// own compose it from their four-activation (groups of four) and four-row
+/// forms.
+///
+/// # Safety
+/// As [`dot_raw`], for each of the four rows and the `N` activation rows.
+#[inline]
+pub unsafe fn tile_raw<const N: usize>(
+    k: Kernel,
+    w: [*const u8; 4],
+    stride: usize,
+    y: [*const i8; N],
+    nb: usize,
+) -> [[i32; 4]; N] {
+    if N == 0 {
+        return [[0; 4]; N];
+    }
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 {
+        // SAFETY: by the function's contract.
+        return unsafe { avx512::tile(w, stride, y, nb) };
+    }
+    if k == Kernel::Scalar {
+        // SAFETY: by the function's contract.
+        let rows = w.map(|r| unsafe { raw_slices(r, stride, y[0], nb).0 });
+        let acts = y.map(|a| unsafe { raw_slices(w[0], stride, a, nb).1 });
+        return scalar::tile(rows, stride, acts);
+    }
+    let mut out = [[0i32; 4]; N];
+    let mut j = 0;
+    while j + 4 <= N {
+        let a = [y[j], y[j + 1], y[j + 2], y[j + 3]];
+        for (r, &row) in w.iter().enumerate() {
+            // SAFETY: by the function's contract.
+            let d = unsafe { dot_4acts_raw(k, row, stride, a, nb) };
+            for (i, v) in d.into_iter().enumerate() {
+                out[j + i][r] = v;
+            }
+        }
+        j += 4;
+    }
+    while j < N {
+        // SAFETY: by the function's contract.
+        out[j] = unsafe { dot_4rows_raw(k, w, stride, y[j], nb) };
+        j += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -500,6 +575,47 @@ pub(crate) mod tests {
                     "{}",
                     k.name()
                 );
+            }
+        }
+    }
+
+    fn check_tile<const N: usize>(k: Kernel, rng: &mut Rng, n: usize, max_code: u64) {
+        let rows: Vec<(Vec<u8>, Vec<i8>)> = (0..4).map(|_| random_case(rng, n, max_code)).collect();
+        let acts: Vec<Vec<i8>> = (0..N).map(|_| random_case(rng, n, max_code).1).collect();
+        let y: [&[i8]; N] = std::array::from_fn(|j| &acts[j][..]);
+        let raw: [&[u8]; 4] = std::array::from_fn(|r| &rows[r].0[..]);
+        let want: [[i32; 4]; N] =
+            std::array::from_fn(|j| std::array::from_fn(|r| exact(raw[r], y[j])));
+        assert_eq!(tile_with(k, raw, 32, y), want, "{} N={N} n={n}", k.name());
+        let mut tiled = vec![0u8; n];
+        for b in 0..n / 128 {
+            for r in 0..4 {
+                tiled[b * 128 + r * 32..b * 128 + r * 32 + 32]
+                    .copy_from_slice(&raw[r][b * 32..b * 32 + 32]);
+            }
+        }
+        let views = [&tiled[..], &tiled[32..], &tiled[64..], &tiled[96..]];
+        assert_eq!(
+            tile_with(k, views, 128, y),
+            want,
+            "{} N={N} n={n} tiled",
+            k.name()
+        );
+    }
+
+    #[test]
+    fn register_tiles_match_scalar() {
+        let mut rng = Rng::new(21);
+        for k in Kernel::supported() {
+            for &n in &[128usize, 384, 2560] {
+                for max_code in [2, 3] {
+                    check_tile::<1>(k, &mut rng, n, max_code);
+                    check_tile::<2>(k, &mut rng, n, max_code);
+                    check_tile::<3>(k, &mut rng, n, max_code);
+                    check_tile::<4>(k, &mut rng, n, max_code);
+                    check_tile::<5>(k, &mut rng, n, max_code);
+                    check_tile::<8>(k, &mut rng, n, max_code);
+                }
             }
         }
     }

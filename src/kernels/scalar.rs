@@ -36,3 +36,8 @@ pub fn dot_4rows(w: [&[u8]; 4], stride: usize, y: &[i8]) -> [i32; 4] {
 pub fn dot_4acts(w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
     y.map(|act| dot(w, stride, act))
 }
+
+/// Four weight rows against `N` activation rows: `out[j][r]`.
+pub fn tile<const N: usize>(w: [&[u8]; 4], stride: usize, y: [&[i8]; N]) -> [[i32; 4]; N] {
+    y.map(|act| dot_4rows(w, stride, act))
+}
