@@ -189,23 +189,7 @@ pub struct ActQuant {
 /// (computed in f64, stored as f32), `q = round_half_even(x * scale)` in f32,
 /// clamped to [-128, 127]. NaN inputs are ignored by the maximum and give 0.
 pub fn quantize_activations(x: &[f32], q: &mut [i8]) -> ActQuant {
-    assert_eq!(x.len(), q.len(), "quantize_activations: size mismatch");
-    let mut max = 0.00001f64;
-    for &v in x {
-        let a = (v as f64).abs();
-        if a > max {
-            max = a;
-        }
-    }
-    let scale = (127.0 / max) as f32;
-    let mut sum = 0i32;
-    for (dst, &v) in q.iter_mut().zip(x) {
-        let r = (v * scale).round_ties_even();
-        // `as` saturates and maps NaN to 0.
-        let c = (r as i32).clamp(-128, 127);
-        sum += c;
-        *dst = c as i8;
-    }
+    let (scale, sum) = crate::kernels::quantize_activations_with(crate::kernels::active(), x, q);
     ActQuant { scale, sum }
 }
 

@@ -182,3 +182,65 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
         hsum_i32(acc[3]),
     ]
 }
+
+/// [`super::scalar::act_max`].
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn act_max(x: &[f32]) -> f64 {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = [_mm256_setzero_ps(); 4];
+    let chunks = x.chunks_exact(32);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (i, mi) in m.iter_mut().enumerate() {
+            // SAFETY: `c` holds 32 floats.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * i)) };
+            // maxps returns its second operand when the first is NaN.
+            *mi = _mm256_max_ps(_mm256_and_ps(v, abs), *mi);
+        }
+    }
+    let v = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    let vmax = lanes.iter().fold(0f32, |a, &b| a.max(b)) as f64;
+    vmax.max(super::scalar::act_max(tail))
+}
+
+/// [`super::scalar::act_round`].
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
+    let n = x.len().min(q.len());
+    let sv = _mm256_set1_ps(scale);
+    let lo = _mm256_set1_epi32(-128);
+    let hi = _mm256_set1_epi32(127);
+    let fix = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut sum = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= n {
+        let mut v = [_mm256_setzero_si256(); 4];
+        for (k, vk) in v.iter_mut().enumerate() {
+            // SAFETY: i + 32 <= n.
+            let f = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) }, sv);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+            // NaN converts to i32::MIN; the scalar rule makes it 0.
+            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            let c = _mm256_and_si256(_mm256_cvtps_epi32(r), ord);
+            let c = _mm256_min_epi32(_mm256_max_epi32(c, lo), hi);
+            sum = _mm256_add_epi32(sum, c);
+            *vk = c;
+        }
+        let p16a = _mm256_packs_epi32(v[0], v[1]);
+        let p16b = _mm256_packs_epi32(v[2], v[3]);
+        let p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), fix);
+        // SAFETY: i + 32 <= n.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(i) as *mut __m256i, p8) };
+        i += 32;
+    }
+    hsum_i32(sum) + super::scalar::act_round(&x[i..n], scale, &mut q[i..n])
+}

@@ -379,6 +379,31 @@ pub unsafe fn dot_4acts_raw(
     }
 }
 
+/// bitnet.cpp's activation quantization of one row (see
+/// [`crate::i2s::quantize_activations`]) with kernel `k`: returns the scale
+/// and `Σ q`. Every kernel gives bit-identical results.
+pub fn quantize_activations_with(k: Kernel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    assert_eq!(x.len(), q.len(), "quantize_activations: size mismatch");
+    let max = match supported_or_scalar(k) {
+        // SAFETY: the CPU supports AVX2 (every x86 kernel but scalar needs it).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::act_max(x) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod => neon::act_max(x),
+        _ => scalar::act_max(x),
+    };
+    let scale = (127.0 / max) as f32;
+    let sum = match supported_or_scalar(k) {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::act_round(x, scale, q) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod => neon::act_round(x, scale, q),
+        _ => scalar::act_round(x, scale, q),
+    };
+    (scale, sum)
+}
+
 /// [`tile_with`] on raw pointers. Kernels without a register tile of their
 /// own compose it from their four-activation (groups of four) and four-row
 /// forms.
@@ -601,6 +626,40 @@ pub(crate) mod tests {
             "{} N={N} n={n} tiled",
             k.name()
         );
+    }
+
+    #[test]
+    fn activation_quantization_matches_scalar() {
+        let mut rng = Rng::new(5);
+        for n in [0usize, 1, 7, 31, 32, 33, 128, 2560, 2563] {
+            for mode in 0..4 {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        let u = (rng.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0;
+                        match (mode, i % 17) {
+                            (1, 3) => f32::NAN,
+                            (2, _) => u * 1e-7,
+                            // exact ties after scaling: multiples of 0.5/scale
+                            (3, _) => (rng.next() % 509) as f32 * 0.5 - 127.0,
+                            _ => u * 3.0,
+                        }
+                    })
+                    .collect();
+                let mut want = vec![0i8; n];
+                let w = quantize_activations_with(Kernel::Scalar, &x, &mut want);
+                for k in Kernel::supported() {
+                    let mut got = vec![0i8; n];
+                    let g = quantize_activations_with(k, &x, &mut got);
+                    assert_eq!(
+                        (g.0.to_bits(), g.1),
+                        (w.0.to_bits(), w.1),
+                        "{} n={n} mode {mode}",
+                        k.name()
+                    );
+                    assert_eq!(got, want, "{} n={n} mode {mode}", k.name());
+                }
+            }
+        }
     }
 
     #[test]

@@ -118,3 +118,53 @@ macro_rules! neon_kernels {
 
 neon_kernels!(dot, dot_4rows, dot_4acts, mac_plain);
 neon_kernels!(dot_dp, dot_4rows_dp, dot_4acts_dp, mac_dot, "dotprod");
+
+/// [`super::scalar::act_max`].
+pub fn act_max(x: &[f32]) -> f64 {
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    // SAFETY: NEON is part of the aarch64 baseline; each chunk holds 16 floats.
+    let vmax = unsafe {
+        let mut m = [vdupq_n_f32(0.0); 4];
+        for c in chunks {
+            for (i, mi) in m.iter_mut().enumerate() {
+                // fmaxnm ignores a NaN operand.
+                *mi = vmaxnmq_f32(*mi, vabsq_f32(vld1q_f32(c.as_ptr().add(4 * i))));
+            }
+        }
+        vmaxnmvq_f32(vmaxnmq_f32(
+            vmaxnmq_f32(m[0], m[1]),
+            vmaxnmq_f32(m[2], m[3]),
+        ))
+    };
+    (vmax as f64).max(super::scalar::act_max(tail))
+}
+
+/// [`super::scalar::act_round`].
+pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
+    let n = x.len().min(q.len());
+    let mut i = 0;
+    // SAFETY: NEON is part of the aarch64 baseline; i + 16 <= n for every access.
+    let sum = unsafe {
+        let sv = vdupq_n_f32(scale);
+        let mut sum = vdupq_n_s32(0);
+        while i + 16 <= n {
+            let mut c = [vdupq_n_s32(0); 4];
+            for (k, ck) in c.iter_mut().enumerate() {
+                // fcvtns rounds half to even, saturates, and maps NaN to 0.
+                let v = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x.as_ptr().add(i + 4 * k)), sv));
+                *ck = vminq_s32(vmaxq_s32(v, vdupq_n_s32(-128)), vdupq_n_s32(127));
+                sum = vaddq_s32(sum, *ck);
+            }
+            let h0 = vcombine_s16(vqmovn_s32(c[0]), vqmovn_s32(c[1]));
+            let h1 = vcombine_s16(vqmovn_s32(c[2]), vqmovn_s32(c[3]));
+            vst1q_s8(
+                q.as_mut_ptr().add(i),
+                vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1)),
+            );
+            i += 16;
+        }
+        vaddvq_s32(sum)
+    };
+    sum + super::scalar::act_round(&x[i..n], scale, &mut q[i..n])
+}

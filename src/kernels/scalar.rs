@@ -41,3 +41,29 @@ pub fn dot_4acts(w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
 pub fn tile<const N: usize>(w: [&[u8]; 4], stride: usize, y: [&[i8]; N]) -> [[i32; 4]; N] {
     y.map(|act| dot_4rows(w, stride, act))
 }
+
+/// The largest `|x|` as f64, at least 1e-5 (NaN ignored): the activation
+/// quantizer's range.
+pub fn act_max(x: &[f32]) -> f64 {
+    let mut max = 0.00001f64;
+    for &v in x {
+        let a = (v as f64).abs();
+        if a > max {
+            max = a;
+        }
+    }
+    max
+}
+
+/// `q = clamp(round_half_even(x * scale))` (NaN gives 0); returns `Σ q`.
+pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
+    let mut sum = 0i32;
+    for (dst, &v) in q.iter_mut().zip(x) {
+        let r = (v * scale).round_ties_even();
+        // `as` saturates and maps NaN to 0.
+        let c = (r as i32).clamp(-128, 127);
+        sum += c;
+        *dst = c as i8;
+    }
+    sum
+}
