@@ -9,7 +9,9 @@
 //! - `cached_4acts`: one weight row against four activation rows (the
 //!   prompt-processing GEMM form), counted as 4 MACs per weight;
 //! - `cached_tile8`: a four-row tile against eight activation rows (the
-//!   register tile the prompt matmul uses), counted as 8 MACs per weight.
+//!   register tile the prompt matmul uses), counted as 8 MACs per weight;
+//! - `matmul128`: a whole prompt matmul of 128 columns on one thread
+//!   (activations already quantized), counted as 128 MACs per weight.
 //!
 //! `cargo bench --bench kernels -- avx2/cached` runs a subset.
 
@@ -20,6 +22,8 @@ use std::time::Duration;
 use bitnet_stfma::cache::PackedMatrix;
 use bitnet_stfma::i2s;
 use bitnet_stfma::kernels::{self, Kernel};
+use bitnet_stfma::matmul::{self, ActBatch};
+use bitnet_stfma::threadpool::ThreadPool;
 
 /// (cols = input dim, rows = output dim), ggml order as in the GGUF.
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (2560, 640), (2560, 6912), (6912, 2560)];
@@ -127,6 +131,33 @@ fn bench(c: &mut Criterion) {
                         let v: [(&[u8], usize); 4] = std::array::from_fn(|i| packed.row(r + i));
                         black_box(kernels::tile_with(k, v.map(|x| x.0), v[0].1, acts));
                     }
+                })
+            });
+        }
+        g.finish();
+
+        // The whole prompt matmul: 128 f32 columns quantized and finished,
+        // on one thread.
+        let pool = ThreadPool::new(1);
+        let x: Vec<f32> = (0..128 * cols)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut acts = ActBatch::new(cols, 128);
+        acts.quantize(&x);
+        let mut y = vec![0f32; 128 * rows];
+        let mut g = c.benchmark_group(format!("{cols}x{rows}_matmul128"));
+        g.throughput(Throughput::Elements((128 * rows * cols) as u64));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        for k in Kernel::supported()
+            .into_iter()
+            .filter(|&k| k != Kernel::Scalar)
+        {
+            g.bench_function(BenchmarkId::new(k.name(), "matmul"), |b| {
+                b.iter(|| {
+                    matmul::matmul_with(k, &packed, &acts, &mut y, &pool);
+                    black_box(&y);
                 })
             });
         }

@@ -181,6 +181,16 @@ pub fn bench(a: BenchArgs) -> CliResult {
         for &depth in &a.depth {
             let prompt: Vec<u32> = (0..a.n_prompt).map(|_| token()).collect();
             let mut pp = Vec::new();
+            // One untimed run first, as llama-bench does: it touches the
+            // session's buffers and warms the caches.
+            sess.fill_cache_for_benchmark(depth)
+                .map_err(|e| e.to_string())?;
+            let warm = if prompt.is_empty() {
+                vec![token()]
+            } else {
+                prompt.clone()
+            };
+            sess.forward(&warm).map_err(|e| e.to_string())?;
             if a.n_prompt > 0 {
                 for _ in 0..reps {
                     sess.fill_cache_for_benchmark(depth)
