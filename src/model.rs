@@ -914,10 +914,11 @@ mod tests {
             "q8 head vs bitnet.cpp: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 agrees at {agree} of {confident} confident positions"
         );
         assert!(
-            median <= 0.25 && p95 <= 1.5,
-            "the 8-bit head strays too far"
+            // Achieved: median 0.065, p95 0.21, max 0.59.
+            median <= 0.08 && p95 <= 0.27 && max <= 0.75,
+            "the 8-bit head strays too far: median {median} p95 {p95} max {max}"
         );
-        assert!(agree * 10 >= confident * 9, "top-1 agreement below 90%");
+        assert_eq!(agree, confident, "top-1 differs at a confident position");
     }
 
     #[test]
@@ -1060,7 +1061,9 @@ mod tests {
             "reference logits: {positions} positions over 4 batch/thread settings, {n} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}"
         );
         assert!(
-            median <= 0.05 && p95 <= 1.0 && max <= 3.0,
+            // Achieved: median 0.0000, p95 0.172, max 0.54 (f16 KV cache and
+            // f32 summation order differ from ggml's); just above that.
+            median <= 0.01 && p95 <= 0.22 && max <= 0.7,
             "median {median} p95 {p95} max {max}"
         );
         assert!(checked_top1 > 0);
