@@ -23,7 +23,7 @@ impl Default for SamplerConfig {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
-            repeat_penalty: 1.1,
+            repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
         }

@@ -12,7 +12,7 @@ use bitnet_stfma::model::{LoadOptions, Model, Session, Timings};
 use bitnet_stfma::synthetic::{self, Shape};
 use bitnet_stfma::threadpool::ThreadPool;
 
-use crate::{CliResult, Progress};
+use crate::{model_err, warn_threads, CliError, CliResult, Progress};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -126,8 +126,9 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let path = match &a.model {
         Some(p) => p.clone(),
         None => {
-            let shape = Shape::by_name(&a.shape)
-                .ok_or_else(|| format!("unknown shape '{}' (2b4t or tiny)", a.shape))?;
+            let shape = Shape::by_name(&a.shape).ok_or_else(|| {
+                CliError::Usage(format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))
+            })?;
             let dir = cache_dir(&a);
             let path = dir.join(format!("synthetic-{}-v1.gguf", a.shape));
             if !path.exists() {
@@ -143,8 +144,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     };
     eprintln!("loading {} ...", path.display());
     let t = Instant::now();
-    let model =
-        Model::load_with(&path, LoadOptions { q8_head: a.q8_head }).map_err(|e| e.to_string())?;
+    let model = Model::load_with(&path, LoadOptions { q8_head: a.q8_head }).map_err(model_err)?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;
@@ -167,6 +167,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let reps = a.reps.max(1);
     let mut rows = Vec::new();
     for &threads in &a.threads {
+        warn_threads(threads);
         let bw = bandwidth(threads.max(1), &buf);
         let mut sess = Session::new(&model, ctx, a.n_prompt.clamp(1, 512), threads)
             .map_err(|e| e.to_string())?;

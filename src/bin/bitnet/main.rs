@@ -17,13 +17,62 @@ use bitnet_stfma::tokenizer::StreamDecoder;
 
 mod bench;
 
-type CliResult<T = ()> = Result<T, String>;
+/// A failure of a command, by kind: each kind has its own exit status.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line itself (exit 2, as clap's own usage errors).
+    Usage(String),
+    /// The model file: unreadable, not a GGUF, not a supported model (exit 3).
+    Model(String),
+    /// The input: an empty or over-long prompt, an unreadable prompt or text
+    /// file, token ids outside the vocabulary (exit 4).
+    Input(String),
+    /// Anything else, such as a failed write (exit 1).
+    Other(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Other(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Model(_) => 3,
+            CliError::Input(_) => 4,
+        }
+    }
+    fn message(&self) -> &str {
+        match self {
+            CliError::Usage(m) | CliError::Model(m) | CliError::Input(m) | CliError::Other(m) => m,
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(m: String) -> Self {
+        CliError::Other(m)
+    }
+}
+
+fn model_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Model(e.to_string())
+}
+
+fn input_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Input(e.to_string())
+}
+
+type CliResult<T = ()> = Result<T, CliError>;
 
 #[derive(Parser)]
 #[command(
     name = "bitnet",
     version,
-    about = "Run BitNet b1.58 ternary models on the CPU with bitnet-stfma's kernels"
+    about = "Run BitNet b1.58 ternary models on the CPU with bitnet-stfma's kernels",
+    after_help = "Flags follow llama.cpp's llama-cli where it has one (-m, -p, -f, -n, -c, -t, -b, -s/--seed, \
+-sys/--system-prompt, -cnv/--conversation, --temp, --top-k, --top-p, --repeat-penalty, --repeat-last-n).\n\n\
+Exit status: 0 success; 1 other failure (such as a failed write); 2 bad command line; \
+3 model file unreadable, invalid or unsupported; 4 bad input (empty or over-long prompt, unreadable text file, \
+token id outside the vocabulary)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +97,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show a model's configuration and tensors.
     Info {
+        /// Model file (GGUF).
         #[arg(short, long)]
         model: PathBuf,
     },
@@ -58,10 +108,10 @@ struct Common {
     /// Model file (GGUF).
     #[arg(short, long)]
     model: PathBuf,
-    /// Threads (default: all cores).
+    /// Threads (0: one per CPU).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
-    /// Context size in tokens (default: the model's).
+    /// Context size in tokens (0: the model's).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
     ctx: usize,
     /// Prompt tokens processed per batch.
@@ -77,34 +127,68 @@ struct SamplingArgs {
     /// Temperature; 0 is greedy.
     #[arg(long = "temp", default_value_t = 0.8)]
     temp: f32,
+    /// Top-k sampling: keep the K most likely tokens (0: all of them).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
+    /// Top-p (nucleus) sampling: keep the most likely tokens up to this probability mass (1.0: off).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
-    /// Repetition penalty over the last 64 tokens (1.0: off).
+    /// Penalize tokens repeated within the last --repeat-last-n tokens (1.0: off).
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
-    /// Random seed (default: from the clock).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// How many recent tokens the repeat penalty looks at (0: off, -1: the whole context).
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    repeat_last_n: i64,
+    /// Random seed (-1: from the clock).
+    #[arg(short = 's', long, default_value_t = -1, allow_negative_numbers = true)]
+    seed: i64,
 }
 
 impl SamplingArgs {
-    fn config(&self) -> SamplerConfig {
-        let seed = self.seed.unwrap_or_else(|| {
+    fn config(&self, ctx: usize) -> CliResult<SamplerConfig> {
+        if !(self.temp.is_finite() && self.temp >= 0.0) {
+            return Err(CliError::Usage(format!(
+                "--temp {} must be 0 or more",
+                self.temp
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(CliError::Usage(format!(
+                "--top-p {} must be in (0, 1]",
+                self.top_p
+            )));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(CliError::Usage(format!(
+                "--repeat-penalty {} must be above 0",
+                self.repeat_penalty
+            )));
+        }
+        let repeat_last_n = match self.repeat_last_n {
+            -1 => ctx,
+            n if n >= 0 => n as usize,
+            n => {
+                return Err(CliError::Usage(format!(
+                    "--repeat-last-n {n} must be -1 or more"
+                )))
+            }
+        };
+        let seed = if self.seed < 0 {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0)
-        });
-        SamplerConfig {
+        } else {
+            self.seed as u64
+        };
+        Ok(SamplerConfig {
             temperature: self.temp,
             top_k: self.top_k,
             top_p: self.top_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: 64,
+            repeat_last_n,
             seed,
-        }
+        })
     }
 }
 
@@ -112,15 +196,21 @@ impl SamplingArgs {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// The prompt.
+    /// The prompt (in conversation mode: the system prompt, as llama-cli).
+    #[arg(short, long, conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
     #[arg(short, long)]
-    prompt: String,
+    file: Option<PathBuf>,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n: usize,
-    /// A system prompt: the prompt is then sent as one chat turn.
-    #[arg(short = 's', long = "system")]
+    /// A system prompt (also written -sys): the prompt is then sent as one chat turn.
+    #[arg(long = "system-prompt")]
     system: Option<String>,
+    /// Conversation mode (also written -cnv): chat in the model's format, as `bitnet chat`.
+    #[arg(long = "conversation")]
+    conversation: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -129,8 +219,8 @@ struct RunArgs {
 struct ChatArgs {
     #[command(flatten)]
     common: Common,
-    /// System prompt.
-    #[arg(short = 's', long = "system", default_value = DEFAULT_SYSTEM)]
+    /// System prompt (also written -sys).
+    #[arg(long = "system-prompt", default_value = DEFAULT_SYSTEM)]
     system: String,
     /// Most tokens per reply.
     #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
@@ -141,10 +231,13 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
+    /// Model file (GGUF) whose tokenizer is used.
     #[arg(short, long)]
     model: PathBuf,
+    /// Text to tokenize.
     #[arg(short, long, conflicts_with = "file", required_unless_present = "file")]
     prompt: Option<String>,
+    /// Read the text from this file.
     #[arg(short, long)]
     file: Option<PathBuf>,
     /// Do not prepend the BOS token.
@@ -179,7 +272,7 @@ struct EvalArgs {
 struct PerplexityArgs {
     #[command(flatten)]
     common: Common,
-    /// Text file.
+    /// Text file to score.
     #[arg(short, long)]
     file: PathBuf,
 }
@@ -189,17 +282,29 @@ struct GenModelArgs {
     /// 2b4t (BitNet-b1.58-2B-4T), tiny (the shape of the shared fixture) or micro (a 300-token toy).
     #[arg(long, default_value = "2b4t")]
     shape: String,
+    /// File to write.
     #[arg(short, long)]
     output: PathBuf,
     /// Take the vocabulary from this GGUF (default: a made-up byte-level one).
     #[arg(long)]
     vocab: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
+    /// Seed of the random weights.
+    #[arg(short = 's', long, default_value_t = 1)]
     seed: u64,
 }
 
+/// llama.cpp's single-dash long flags, spelled as clap reads them.
+fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-sys") => "--system-prompt".into(),
+        Some("-cnv") => "--conversation".into(),
+        _ => a,
+    })
+    .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(llama_spellings(std::env::args_os()));
     let r = match cli.command {
         Command::Run(a) => run(a),
         Command::Chat(a) => chat(a),
@@ -213,32 +318,45 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", e.message());
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn load(c: &Common) -> CliResult<(Model, Duration)> {
     let t = Instant::now();
-    let m = Model::load_with(&c.model, LoadOptions { q8_head: c.q8_head })
-        .map_err(|e| e.to_string())?;
+    let m = Model::load_with(&c.model, LoadOptions { q8_head: c.q8_head }).map_err(model_err)?;
     Ok((m, t.elapsed()))
 }
 
+/// Warns (once, on stderr) when more threads are asked for than there are CPUs.
+pub fn warn_threads(threads: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > cpus {
+        eprintln!(
+            "warning: {threads} threads on {cpus} CPUs; threads beyond the CPU count wait on each other and slow everything down"
+        );
+    }
+}
+
 fn session<'m>(model: &'m Model, c: &Common) -> CliResult<Session<'m>> {
-    Session::new(model, c.ctx, c.batch, c.threads).map_err(|e| e.to_string())
+    if c.batch == 0 {
+        return Err(CliError::Usage("-b/--batch-size must be at least 1".into()));
+    }
+    warn_threads(c.threads);
+    Session::new(model, c.ctx, c.batch, c.threads).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn check_fits(tokens: usize, sess: &Session) -> CliResult {
     if tokens == 0 {
-        return Err("the prompt is empty".into());
+        return Err(input_err("the prompt is empty"));
     }
     if sess.pos() + tokens > sess.ctx() {
-        return Err(format!(
+        return Err(input_err(format!(
             "the prompt has {tokens} tokens, longer than the context of {} tokens (use -c to enlarge it)",
             sess.ctx() - sess.pos()
-        ));
+        )));
     }
     Ok(())
 }
@@ -284,23 +402,37 @@ fn generate(
 }
 
 fn run(a: RunArgs) -> CliResult {
+    if a.conversation {
+        // llama-cli -cnv: the prompt, if any, is the system prompt.
+        let system = a
+            .system
+            .or(read_text(a.prompt, a.file).ok())
+            .unwrap_or_else(|| DEFAULT_SYSTEM.to_string());
+        return chat(ChatArgs {
+            common: a.common,
+            system,
+            n: a.n,
+            sampling: a.sampling,
+        });
+    }
+    let prompt = read_text(a.prompt, a.file)?;
     let (model, load_time) = load(&a.common)?;
     let mut sess = session(&model, &a.common)?;
     let tok = &model.tokenizer;
     let tokens = match &a.system {
         Some(sys) => {
             let fmt = ChatFormat::detect(model.chat_template.as_deref());
-            tok.encode(&fmt.user_turn(Some(sys), &a.prompt), true, true)
+            tok.encode(&fmt.user_turn(Some(sys), &prompt), true, true)
         }
-        None => tok.encode(&a.prompt, tok.add_bos, true),
+        None => tok.encode(&prompt, tok.add_bos, true),
     };
     check_fits(tokens.len(), &sess)?;
-    let mut sampler = Sampler::new(a.sampling.config(), model.config.vocab_size);
+    let mut sampler = Sampler::new(a.sampling.config(sess.ctx())?, model.config.vocab_size);
     for &t in &tokens {
         sampler.accept(t);
     }
     if a.system.is_none() {
-        print!("{}", a.prompt);
+        print!("{prompt}");
     }
     let t = Instant::now();
     let logits = sess.forward(&tokens).map_err(|e| e.to_string())?.to_vec();
@@ -327,7 +459,7 @@ fn chat(a: ChatArgs) -> CliResult {
     let mut sess = session(&model, &a.common)?;
     let tok = &model.tokenizer;
     let fmt = ChatFormat::detect(model.chat_template.as_deref());
-    let mut sampler = Sampler::new(a.sampling.config(), model.config.vocab_size);
+    let mut sampler = Sampler::new(a.sampling.config(sess.ctx())?, model.config.vocab_size);
     let interactive = std::io::stdin().is_terminal();
     eprintln!(
         "loaded in {:.1} s; chatting ({} threads). Type a message and press Enter; an empty line or Ctrl-D ends.",
@@ -388,14 +520,16 @@ fn chat_turn(
 fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> CliResult<String> {
     match (prompt, file) {
         (Some(p), _) => Ok(p),
-        (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display())),
-        (None, None) => Err("give -p TEXT or -f FILE".into()),
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).map_err(|e| input_err(format!("{}: {e}", f.display())))
+        }
+        (None, None) => Err(CliError::Usage("give -p TEXT or -f FILE".into())),
     }
 }
 
 fn tokenize(a: TokenizeArgs) -> CliResult {
-    let g = Gguf::open(&a.model).map_err(|e| e.to_string())?;
-    let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+    let g = Gguf::open(&a.model).map_err(model_err)?;
+    let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).map_err(model_err)?;
     let text = read_text(a.prompt, a.file)?;
     let ids = tok.encode(&text, !a.no_bos, a.special);
     let body: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
@@ -409,9 +543,15 @@ fn eval(a: EvalArgs) -> CliResult {
     let tokens = match (a.tokens, a.prompt) {
         (Some(t), _) => t,
         (None, Some(p)) => model.tokenizer.encode(&p, true, false),
-        (None, None) => return Err("give -p TEXT or --tokens IDS".into()),
+        (None, None) => return Err(CliError::Usage("give -p TEXT or --tokens IDS".into())),
     };
     check_fits(tokens.len(), &sess)?;
+    let vocab = model.config.vocab_size;
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(input_err(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
     let k = a.top.min(model.config.vocab_size);
     let mut out = std::io::stdout().lock();
     let mut idx: Vec<u32> = Vec::with_capacity(model.config.vocab_size);
@@ -443,7 +583,7 @@ fn eval(a: EvalArgs) -> CliResult {
         }
     })
     .map_err(|e| e.to_string())?;
-    werr.map_or(Ok(()), |e| Err(e.to_string()))
+    werr.map_or(Ok(()), |e| Err(CliError::Other(e.to_string())))
 }
 
 fn perplexity(a: PerplexityArgs) -> CliResult {
@@ -454,18 +594,19 @@ fn perplexity(a: PerplexityArgs) -> CliResult {
     }
     let n_ctx = common.ctx;
     if n_ctx < 16 {
-        return Err("the perplexity window (-c) must be at least 16 tokens".into());
+        return Err(CliError::Usage(
+            "the perplexity window (-c) must be at least 16 tokens".into(),
+        ));
     }
     let mut sess = session(&model, &common)?;
-    let text =
-        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    let text = read_text(None, Some(a.file.clone()))?;
     let tokens = model.tokenizer.encode(&text, true, false);
     let n_chunks = tokens.len() / n_ctx;
     if n_chunks == 0 {
-        return Err(format!(
+        return Err(input_err(format!(
             "the file has {} tokens, fewer than one window of {n_ctx}",
             tokens.len()
-        ));
+        )));
     }
     eprintln!(
         "perplexity: {} tokens, {n_chunks} windows of {n_ctx}, scoring the second half of each",
@@ -546,10 +687,11 @@ impl Progress {
 }
 
 fn gen_model(a: GenModelArgs) -> CliResult {
-    let shape = Shape::by_name(&a.shape)
-        .ok_or_else(|| format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))?;
+    let shape = Shape::by_name(&a.shape).ok_or_else(|| {
+        CliError::Usage(format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))
+    })?;
     let vocab = match &a.vocab {
-        Some(p) => Some(Gguf::open(p).map_err(|e| e.to_string())?),
+        Some(p) => Some(Gguf::open(p).map_err(model_err)?),
         None => None,
     };
     let mut bar = Progress::new("writing");
@@ -569,7 +711,7 @@ fn gen_model(a: GenModelArgs) -> CliResult {
 }
 
 fn info(path: &Path) -> CliResult {
-    let g = Gguf::open(path).map_err(|e| e.to_string())?;
+    let g = Gguf::open(path).map_err(model_err)?;
     println!(
         "GGUF v{}, {} metadata keys, {} tensors",
         g.version,

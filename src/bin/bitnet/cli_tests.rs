@@ -1,0 +1,370 @@
+//! The `bitnet` command line run as a user runs it: every command on the
+//! tiny fixture, llama.cpp's flag spellings, and every error path with its
+//! documented exit status (2 usage, 3 model file, 4 input).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bitnet");
+
+fn tiny() -> Option<PathBuf> {
+    match bitnet_stfma::testdata_dir() {
+        Some(d) => Some(d.join("bitnet-tiny.gguf")),
+        None => {
+            eprintln!("SKIPPED: ../shared/testdata not found");
+            None
+        }
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitnet-cli-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn bitnet(args: &[&str]) -> Output {
+    bitnet_stdin(args, "")
+}
+
+fn bitnet_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bitnet");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+#[track_caller]
+fn fails(o: &Output, code: i32, message: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(message), "stderr lacks {message:?}: {err}");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn run_follows_llama_cli() {
+    let Some(m) = tiny() else { return };
+    let m = p(&m);
+    let greedy = ok(&bitnet(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "The capital of France is",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+    ]));
+    assert!(greedy.starts_with("The capital of France is") && greedy.len() > 24);
+    // -f reads the prompt from a file.
+    let f = tmp("prompt.txt");
+    std::fs::write(&f, "The capital of France is").unwrap();
+    let from_file = ok(&bitnet(&[
+        "run",
+        "-m",
+        m,
+        "-f",
+        p(&f),
+        "-n",
+        "8",
+        "--temp",
+        "0",
+    ]));
+    assert_eq!(from_file, greedy);
+    // -s is the seed: the same seed gives the same sample, and it is not a system prompt.
+    let sample = |seed: &str| {
+        ok(&bitnet(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "Once upon a time",
+            "-n",
+            "12",
+            "--temp",
+            "1.0",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1.0",
+            "-s",
+            seed,
+        ]))
+    };
+    let a = sample("42");
+    assert!(a.starts_with("Once upon a time"));
+    assert_eq!(a, sample("42"));
+    // Penalty flags parse with their llama.cpp names.
+    ok(&bitnet(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "Hi",
+        "-n",
+        "4",
+        "--repeat-penalty",
+        "1.3",
+        "--repeat-last-n",
+        "-1",
+        "-c",
+        "128",
+        "-b",
+        "3",
+    ]));
+    // -sys sends the prompt as a chat turn (the prompt is not echoed).
+    let chat = ok(&bitnet(&[
+        "run",
+        "-m",
+        m,
+        "-sys",
+        "You are terse.",
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]));
+    assert!(!chat.starts_with("Hello"));
+    // -cnv: conversation mode reads turns from stdin.
+    let conv = bitnet_stdin(
+        &["run", "-m", m, "-cnv", "-n", "4", "--temp", "0"],
+        "Hello\n\n",
+    );
+    ok(&conv);
+}
+
+#[test]
+fn other_commands_work() {
+    let Some(m) = tiny() else { return };
+    let m = p(&m);
+    assert_eq!(
+        ok(&bitnet(&[
+            "tokenize",
+            "-m",
+            m,
+            "-p",
+            "The capital of France is"
+        ]))
+        .trim(),
+        "[128000,791,6864,315,9822,374]"
+    );
+    let eval = ok(&bitnet(&[
+        "eval",
+        "-m",
+        m,
+        "-p",
+        "Hello world",
+        "--top",
+        "3",
+    ]));
+    assert_eq!(eval.lines().count(), 3);
+    assert!(eval.lines().all(|l| l.starts_with("{\"pos\":")));
+    let eval_ids = ok(&bitnet(&[
+        "eval",
+        "-m",
+        m,
+        "--tokens",
+        "128000,9906",
+        "--top",
+        "2",
+    ]));
+    assert_eq!(eval_ids.lines().count(), 2);
+    let chat = bitnet_stdin(
+        &[
+            "chat",
+            "-m",
+            m,
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "-sys",
+            "Be brief.",
+        ],
+        "Hi\nWho are you?\n",
+    );
+    ok(&chat);
+    let f = tmp("ppl.txt");
+    std::fs::write(
+        &f,
+        "The quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let ppl = ok(&bitnet(&["perplexity", "-m", m, "-f", p(&f), "-c", "32"]));
+    assert!(ppl.contains("Final estimate: PPL = "), "{ppl}");
+    let info = ok(&bitnet(&["info", "-m", m]));
+    assert!(info.contains("model: Config"), "{info}");
+    let micro = tmp("micro.gguf");
+    ok(&bitnet(&[
+        "gen-model",
+        "--shape",
+        "micro",
+        "-o",
+        p(&micro),
+        "-s",
+        "7",
+    ]));
+    let bench = ok(&bitnet(&[
+        "bench",
+        "-m",
+        p(&micro),
+        "-t",
+        "1",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--json",
+    ]));
+    assert!(bench.contains("\"tg_tok_s\""), "{bench}");
+}
+
+#[test]
+fn errors_have_their_exit_status() {
+    let Some(m) = tiny() else { return };
+    let m = p(&m);
+    // 2: the command line.
+    fails(
+        &bitnet(&["run", "-m", m, "-p", "x", "-s", "forty-two"]),
+        2,
+        "invalid value",
+    );
+    fails(&bitnet(&["run", "-m", m]), 2, "give -p TEXT or -f FILE");
+    fails(
+        &bitnet(&["run", "-m", m, "-p", "x", "--top-p", "0"]),
+        2,
+        "--top-p",
+    );
+    fails(
+        &bitnet(&["run", "-m", m, "-p", "x", "--repeat-last-n", "-2"]),
+        2,
+        "--repeat-last-n",
+    );
+    fails(&bitnet(&["run", "-m", m, "-p", "x", "-b", "0"]), 2, "batch");
+    fails(
+        &bitnet(&["gen-model", "--shape", "huge", "-o", p(&tmp("x.gguf"))]),
+        2,
+        "unknown shape",
+    );
+    fails(&bitnet(&["frobnicate"]), 2, "unrecognized subcommand");
+    // 3: the model file.
+    fails(
+        &bitnet(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]),
+        3,
+        "model.gguf",
+    );
+    let cargo_toml = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    fails(
+        &bitnet(&["run", "-m", cargo_toml, "-p", "x"]),
+        3,
+        "not a GGUF",
+    );
+    fails(
+        &bitnet(&["tokenize", "-m", cargo_toml, "-p", "x"]),
+        3,
+        "not a GGUF",
+    );
+    let trunc = tmp("truncated.gguf");
+    let bytes = std::fs::read(m).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&bitnet(&["run", "-m", p(&trunc), "-p", "x"]), 3, "");
+    // 4: the input.
+    let long = "word ".repeat(200);
+    fails(
+        &bitnet(&["run", "-m", m, "-p", &long, "-c", "64"]),
+        4,
+        "longer than the context",
+    );
+    fails(
+        &bitnet(&["run", "-m", m, "-f", "/nonexistent/prompt.txt"]),
+        4,
+        "prompt.txt",
+    );
+    fails(
+        &bitnet(&["eval", "-m", m, "--tokens", "1,999999999"]),
+        4,
+        "outside the vocabulary",
+    );
+    let short = tmp("short.txt");
+    std::fs::write(&short, "Too short.").unwrap();
+    fails(
+        &bitnet(&["perplexity", "-m", m, "-f", p(&short), "-c", "64"]),
+        4,
+        "fewer than one window",
+    );
+}
+
+#[test]
+fn too_many_threads_are_warned_about() {
+    let Some(m) = tiny() else { return };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = (cpus + 1).to_string();
+    let o = bitnet(&[
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-t",
+        &t,
+    ]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("warning:"), "{}", text(&o.stderr));
+    let o = bitnet(&[
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-t",
+        "1",
+    ]);
+    assert!(!text(&o.stderr).contains("warning:"));
+}
