@@ -19,6 +19,7 @@ use crate::cache::PackedMatrix;
 use crate::embedding::{self, Matrix, Q8Head};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo, Value};
+use crate::kernels;
 use crate::matmul::{self, ActBatch};
 use crate::threadpool::{DisjointMut, ThreadPool};
 use crate::tokenizer::Tokenizer;
@@ -669,7 +670,7 @@ impl<'m> Session<'m> {
         let group = c.n_heads / c.n_kv_heads;
         let want_tasks = self.attn_tasks_per_thread * self.pool.threads();
         let splits = want_tasks.div_ceil(c.n_kv_heads).clamp(1, group);
-        let sub = group.div_ceil(splits).min(embedding::MAX_GROUP);
+        let sub = group.div_ceil(splits).min(kernels::MAX_GROUP);
         let subs_per_kv = group.div_ceil(sub);
         let scale = 1.0 / (hd as f32).sqrt();
         let kcache = embedding::f16_bytes(&self.kcache[l * ctx * kv..(l + 1) * ctx * kv]);
@@ -684,10 +685,10 @@ impl<'m> Session<'m> {
             // SAFETY: this task alone uses the score rows and output slices
             // of heads h0..h0+g; both buffers outlive `run`.
             let sc = unsafe { scores.part(h0 * ctx, g * ctx) };
-            let mut qbuf = [0f32; 512 * embedding::MAX_GROUP];
-            let mut obuf = [0f32; 512 * embedding::MAX_GROUP];
+            let mut qbuf = [0f32; 512 * kernels::MAX_GROUP];
+            let mut obuf = [0f32; 512 * kernels::MAX_GROUP];
             let (qg, og) = (&mut qbuf[..g * hd], &mut obuf[..g * hd]);
-            let mut row = [0f32; embedding::MAX_GROUP];
+            let mut row = [0f32; kernels::MAX_GROUP];
             for t in 0..t_n {
                 let p = pos0 + t;
                 for (d, &v) in qg
@@ -698,16 +699,16 @@ impl<'m> Session<'m> {
                 }
                 for s in 0..=p {
                     let krow = &kcache[2 * (s * kv + kvh * hd)..2 * (s * kv + (kvh + 1) * hd)];
-                    embedding::dot_f16_group(krow, qg, &mut row[..g]);
+                    kernels::dot_f16_group(krow, qg, &mut row[..g]);
                     for j in 0..g {
                         sc[j * ctx + s] = row[j] * scale;
                     }
                 }
                 for j in 0..g {
-                    embedding::softmax_round_f16(&mut sc[j * ctx..j * ctx + p + 1]);
+                    kernels::softmax_round_f16(&mut sc[j * ctx..j * ctx + p + 1]);
                 }
                 let vrows = &vcache[2 * kvh * hd..];
-                embedding::attn_weighted_sum(sc, ctx, g, vrows, 2 * kv, p + 1, hd, og);
+                kernels::weighted_sum(sc, ctx, g, vrows, 2 * kv, p + 1, hd, og);
                 // SAFETY: see above.
                 unsafe { att.part(t * dim + h0 * hd, g * hd) }.copy_from_slice(og);
             }

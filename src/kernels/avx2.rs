@@ -10,6 +10,8 @@
 
 use core::arch::x86_64::*;
 
+use half::f16;
+
 /// Blocks between flushes of an int16 accumulator fed 2 products per block.
 const FLUSH2: usize = 16;
 /// Blocks between flushes of an int16 accumulator fed 4 products per block.
@@ -243,4 +245,305 @@ pub unsafe fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
         i += 32;
     }
     hsum_i32(sum) + super::scalar::act_round(&x[i..n], scale, &mut q[i..n])
+}
+
+// ---------------------------------------------------------------------------
+// Float kernels (AVX2 + FMA + F16C): the f16 LM head and attention, the
+// attention softmax, and the int8 dot of the 8-bit head. Scalar twins in
+// `scalar.rs`; the argument checks are in the dispatcher (`mod.rs`).
+// ---------------------------------------------------------------------------
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 2);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8*j + 8 <= n elements are in bounds of both.
+            unsafe {
+                let w = _mm256_cvtph_ps(_mm_loadu_si128(
+                    row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i
+                ));
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), *a);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: as above.
+        unsafe {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i));
+            acc[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+        }
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: 8 floats of room.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += f16::from_bits(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])).to_f32() * x[i];
+        i += 1;
+    }
+    total
+}
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    let n = out.len().min(v.len() / 2);
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n elements are in bounds of both.
+        unsafe {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * i) as *const __m128i));
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(av, w, _mm256_loadu_ps(o)));
+        }
+        i += 8;
+    }
+    while i < n {
+        out[i] += a * f16::from_bits(u16::from_le_bytes([v[2 * i], v[2 * i + 1]])).to_f32();
+        i += 1;
+    }
+}
+
+/// # Safety
+/// AVX2 is present.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 2];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 32*j + 32 <= n bytes of both.
+            unsafe {
+                let x = _mm256_loadu_si256(a.as_ptr().add(i + 32 * j) as *const __m256i);
+                let y = _mm256_loadu_si256(b.as_ptr().add(i + 32 * j) as *const __m256i);
+                // |x| * sign(y, x): exact in int16 pairs for values in -127..=127.
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, ones));
+            }
+        }
+        i += 64;
+    }
+    let v = _mm256_add_epi32(acc[0], acc[1]);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    let mut total = _mm_cvtsi128_si32(s);
+    while i < n {
+        total += a[i] as i32 * b[i] as i32;
+        i += 1;
+    }
+    total
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present; `hd = k.len()/2` is a multiple of 8;
+/// `qs` holds `out.len() * hd` floats; `out.len() <= MAX_GROUP`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    // SAFETY (all arms): forwarded contract; the group size is out.len().
+    unsafe {
+        match out.len() {
+            1 => dot_f16_group_n::<1>(k, qs, out),
+            2 => dot_f16_group_n::<2>(k, qs, out),
+            3 => dot_f16_group_n::<3>(k, qs, out),
+            4 => dot_f16_group_n::<4>(k, qs, out),
+            5 => dot_f16_group_n::<5>(k, qs, out),
+            6 => dot_f16_group_n::<6>(k, qs, out),
+            7 => dot_f16_group_n::<7>(k, qs, out),
+            _ => dot_f16_group_n::<8>(k, qs, out),
+        }
+    }
+}
+
+/// The grouped score kernel for a group of exactly `G` heads (the
+/// accumulators then live in registers).
+///
+/// # Safety
+/// As [`dot_f16_group`], with `out.len() == G`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_group_n<const G: usize>(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    let hd = k.len() / 2;
+    let mut acc = [_mm256_setzero_ps(); G];
+    for c in (0..hd).step_by(8) {
+        // SAFETY: c + 8 <= hd; every q row has hd floats.
+        unsafe {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(2 * c) as *const __m128i));
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(qs.as_ptr().add(j * hd + c)), *a);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        *o = _mm_cvtss_f32(s);
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present; the bounds of [`super::weighted_sum`]
+/// hold with `g == G`; `hd` is a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_n<const G: usize>(
+    a: &[f32],
+    a_stride: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    for c in (0..hd).step_by(8) {
+        let mut acc = [_mm256_setzero_ps(); G];
+        for s in 0..n {
+            // SAFETY: row s holds hd f16 values and c + 8 <= hd; a holds
+            // G rows of at least n weights at a_stride.
+            unsafe {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(
+                    v.as_ptr().add(s * row_stride + 2 * c) as *const __m128i
+                ));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_set1_ps(*a.get_unchecked(j * a_stride + s)),
+                        vv,
+                        *acc,
+                    );
+                }
+            }
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            // SAFETY: outs holds G*hd floats.
+            unsafe { _mm256_storeu_ps(outs.as_mut_ptr().add(j * hd + c), *acc) };
+        }
+    }
+}
+
+/// `exp` of 8 lanes (Cephes polynomial, about 1 ulp; inputs clamped to the
+/// finite range).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp256(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.3),
+    );
+    let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(x, x),
+        _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+    );
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(fx),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax_round_f16(v: &mut [f32]) {
+    let n = v.len();
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_pd();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let p = v.as_mut_ptr().add(i);
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+            _mm256_storeu_ps(p, e);
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        }
+        i += 8;
+    }
+    let mut lanes = [0f64; 4];
+    // SAFETY: 4 doubles of room.
+    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), sum) };
+    let mut total: f64 = lanes.iter().sum();
+    for x in &mut v[i..] {
+        *x = (*x - max).exp();
+        total += *x as f64;
+    }
+    let inv = (1.0 / total) as f32;
+    let iv = _mm256_set1_ps(inv);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let p = v.as_mut_ptr().add(i);
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(_mm256_mul_ps(
+                _mm256_loadu_ps(p),
+                iv,
+            ));
+            _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for x in &mut v[i..] {
+        *x = f16::from_f32(*x * inv).to_f32();
+    }
+}
+
+/// [`super::scalar::weighted_sum`] for `g` in 1..=8.
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; the bounds of [`super::weighted_sum`]
+/// hold; `hd` is a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    // SAFETY (all arms): forwarded contract.
+    unsafe {
+        match g {
+            1 => weighted_sum_n::<1>(a, a_stride, v, row_stride, n, hd, outs),
+            2 => weighted_sum_n::<2>(a, a_stride, v, row_stride, n, hd, outs),
+            3 => weighted_sum_n::<3>(a, a_stride, v, row_stride, n, hd, outs),
+            4 => weighted_sum_n::<4>(a, a_stride, v, row_stride, n, hd, outs),
+            5 => weighted_sum_n::<5>(a, a_stride, v, row_stride, n, hd, outs),
+            6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
+            7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
+            _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
+        }
+    }
 }

@@ -7,8 +7,16 @@
 //! layout has `stride = 32`, the repacked layout of [`crate::cache`] has
 //! `stride = 32 * tile_rows`.
 //!
+//! Beside the ternary kernels, every other SIMD routine of the library lives
+//! here too, each beside its scalar twin: activation quantization, and the
+//! float kernels of the LM head and attention ([`FloatKernels`]: f16 dots,
+//! the grouped attention score and weighted sum, the attention softmax, the
+//! int8 dot of the 8-bit head), one table per instruction set.
+//!
 //! `BITNET_STFMA_KERNEL=auto|scalar|avx2|avx512|neon|neon-dotprod` in the
-//! environment, read at first use, or [`force`], selects a kernel explicitly.
+//! environment, read at first use, or [`force`], selects a kernel family
+//! explicitly, for the ternary kernels and the float table alike: `scalar`
+//! makes the whole model scalar.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -74,10 +82,14 @@ impl Kernel {
         match self {
             Kernel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => std::is_x86_feature_detected!("avx2"),
+            Kernel::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
-                std::is_x86_feature_detected!("avx2")
+                Kernel::Avx2.is_supported()
                     && std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vl")
@@ -404,6 +416,134 @@ pub fn quantize_activations_with(k: Kernel, x: &[f32], q: &mut [i8]) -> (f32, i3
     (scale, sum)
 }
 
+/// The float kernels of one instruction set. Every entry takes the checked
+/// arguments of the public wrappers below ([`dot_f16`] and the rest).
+pub struct FloatKernels {
+    pub dot_f16: fn(&[u8], &[f32]) -> f32,
+    pub axpy_f16: fn(f32, &[u8], &mut [f32]),
+    pub dot_i8: fn(&[i8], &[i8]) -> i32,
+    /// Requires `hd` (the key row's length) to be a multiple of 8.
+    pub dot_f16_group: fn(&[u8], &[f32], &mut [f32]),
+    /// Requires `hd` to be a multiple of 8.
+    #[allow(clippy::type_complexity)]
+    pub weighted_sum: fn(&[f32], usize, usize, &[u8], usize, usize, usize, &mut [f32]),
+    pub softmax_round_f16: fn(&mut [f32]),
+}
+
+static SCALAR_FLOAT: FloatKernels = FloatKernels {
+    dot_f16: scalar::dot_f16,
+    axpy_f16: scalar::axpy_f16,
+    dot_i8: scalar::dot_i8,
+    dot_f16_group: scalar::dot_f16_group,
+    weighted_sum: scalar::weighted_sum,
+    softmax_round_f16: scalar::softmax_round_f16,
+};
+
+// SAFETY (every entry): this table is only returned by `float_kernels` for
+// a kernel family the CPU supports, and AVX2 support includes FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+static AVX2_FLOAT: FloatKernels = FloatKernels {
+    dot_f16: |r, x| unsafe { avx2::dot_f16(r, x) },
+    axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
+    dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
+    dot_f16_group: |k, q, o| unsafe { avx2::dot_f16_group(k, q, o) },
+    weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
+        avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
+    },
+    softmax_round_f16: |v| unsafe { avx2::softmax_round_f16(v) },
+};
+
+#[cfg(target_arch = "aarch64")]
+static NEON_FLOAT: FloatKernels = FloatKernels {
+    dot_f16: neon::dot_f16,
+    axpy_f16: neon::axpy_f16,
+    dot_i8: neon::dot_i8,
+    dot_f16_group: neon::dot_f16_group,
+    weighted_sum: neon::weighted_sum,
+    softmax_round_f16: scalar::softmax_round_f16,
+};
+
+/// The float table of kernel family `k` (scalar if the CPU cannot run it).
+pub fn float_kernels(k: Kernel) -> &'static FloatKernels {
+    match supported_or_scalar(k) {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 => &AVX2_FLOAT,
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod => &NEON_FLOAT,
+        _ => &SCALAR_FLOAT,
+    }
+}
+
+/// The float table of the active kernel family.
+#[inline]
+pub fn float() -> &'static FloatKernels {
+    float_kernels(active())
+}
+
+/// Dot of a row of little-endian f16 values with f32 `x` (the shorter length).
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    (float().dot_f16)(row, x)
+}
+
+/// `out += a * v` for a row of little-endian f16 values `v`.
+pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    (float().axpy_f16)(a, v, out)
+}
+
+/// Exact `Σ a·b` of two int8 vectors (the shorter length; values in
+/// -127..=127).
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    (float().dot_i8)(a, b)
+}
+
+/// Most query heads that one attention kernel call serves.
+pub const MAX_GROUP: usize = 8;
+
+/// Attention scores of one f16 key row against `g = out.len()` query
+/// vectors stored back to back in `qs` (`g * k.len()/2` floats):
+/// `out[j] = k · qs[j]`. The key row is converted once for all of them.
+pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    let hd = k.len() / 2;
+    assert!(out.len() <= MAX_GROUP && qs.len() >= out.len() * hd);
+    if hd.is_multiple_of(8) {
+        (float().dot_f16_group)(k, qs, out)
+    } else {
+        scalar::dot_f16_group(k, qs, out)
+    }
+}
+
+/// Attention output for a group of `g` heads sharing one V: for every head
+/// `j` and dimension `d`, `outs[j*hd + d] = Σ_{s<n} a[j*a_stride + s] * v_s[d]`
+/// where row `s` of V is `hd` f16 values at byte `s * row_stride` of `v`.
+/// Sums run over positions in order.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    assert!((1..=MAX_GROUP).contains(&g) && n >= 1 && outs.len() >= g * hd);
+    assert!(a.len() >= (g - 1) * a_stride + n && v.len() >= (n - 1) * row_stride + 2 * hd);
+    assert!(row_stride >= 2 * hd || n == 1);
+    if hd.is_multiple_of(8) {
+        (float().weighted_sum)(a, a_stride, g, v, row_stride, n, hd, outs)
+    } else {
+        scalar::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs)
+    }
+}
+
+/// The attention softmax as ggml computes it, then rounded to f16 (as the
+/// weights are before they multiply V): `v = f16(exp(v - max) * (1/Σ))`,
+/// the sum accumulated in f64.
+pub fn softmax_round_f16(v: &mut [f32]) {
+    (float().softmax_round_f16)(v)
+}
+
 /// [`tile_with`] on raw pointers. Kernels without a register tile of their
 /// own compose it from their four-activation (groups of four) and four-row
 /// forms.
@@ -626,6 +766,131 @@ pub(crate) mod tests {
             "{} N={N} n={n} tiled",
             k.name()
         );
+    }
+
+    fn f16_row(n: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| half::f16::from_f32(f(i)).to_bits().to_le_bytes())
+            .collect()
+    }
+
+    fn close(a: f32, b: f32, tol: f32) -> bool {
+        (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    /// Every float table this CPU runs against the scalar one.
+    #[test]
+    fn float_kernels_match_scalar() {
+        let s = float_kernels(Kernel::Scalar);
+        for k in Kernel::supported() {
+            let t = float_kernels(k);
+            let name = k.name();
+            for n in [1usize, 7, 8, 31, 32, 100, 2560] {
+                let w = f16_row(n, |i| (i as f32 * 0.37).sin());
+                let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+                assert!(
+                    close((t.dot_f16)(&w, &x), (s.dot_f16)(&w, &x), 1e-4),
+                    "{name} dot_f16 n={n}"
+                );
+                let (mut a, mut b) = (x.clone(), x.clone());
+                (t.axpy_f16)(0.7, &w, &mut a);
+                (s.axpy_f16)(0.7, &w, &mut b);
+                assert!(
+                    a.iter().zip(&b).all(|(p, q)| close(*p, *q, 1e-6)),
+                    "{name} axpy n={n}"
+                );
+                let qa: Vec<i8> = (0..n)
+                    .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+                    .collect();
+                let qb: Vec<i8> = (0..n)
+                    .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
+                    .collect();
+                assert_eq!(
+                    (t.dot_i8)(&qa, &qb),
+                    (s.dot_i8)(&qa, &qb),
+                    "{name} dot_i8 n={n}"
+                );
+            }
+            // Special f16 values convert exactly (NaN compares as NaN).
+            let specials = [
+                0.0f32,
+                -0.0,
+                1.0,
+                -2.5,
+                65504.0,
+                6.0e-8,
+                -6.1e-5,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+            ];
+            let w = f16_row(16, |i| specials[i % specials.len()]);
+            for i in 0..16 {
+                let mut o = vec![0f32; 16];
+                (t.axpy_f16)(1.0, &w, &mut o);
+                let want = half::f16::from_f32(specials[i % specials.len()]).to_f32();
+                assert_eq!(
+                    o[i].to_bits(),
+                    (want + 0.0).to_bits(),
+                    "{name} f16 special {want}"
+                );
+            }
+            for (hd, g) in [(128usize, 4usize), (64, 1), (40, 3), (128, 8)] {
+                let kr = f16_row(hd, |i| (i as f32 * 0.3).cos());
+                let qs: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.07).sin()).collect();
+                let (mut o1, mut o2) = (vec![0f32; g], vec![0f32; g]);
+                let f = if hd % 8 == 0 {
+                    t.dot_f16_group
+                } else {
+                    s.dot_f16_group
+                };
+                f(&kr, &qs, &mut o1);
+                (s.dot_f16_group)(&kr, &qs, &mut o2);
+                assert!(
+                    o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-4)),
+                    "{name} group hd={hd} g={g}"
+                );
+            }
+            for (g, hd, n) in [
+                (4usize, 128usize, 37usize),
+                (1, 64, 1),
+                (2, 40, 5),
+                (8, 128, 300),
+            ] {
+                let stride = 2 * hd + 6;
+                let v = f16_row(n * stride / 2, |i| ((i * 37) % 61) as f32 / 17.0 - 1.7);
+                let a: Vec<f32> = (0..g * (n + 3))
+                    .map(|i| ((i * 13) % 29) as f32 / 29.0)
+                    .collect();
+                let (mut o1, mut o2) = (vec![f32::NAN; g * hd], vec![f32::NAN; g * hd]);
+                let f = if hd % 8 == 0 {
+                    t.weighted_sum
+                } else {
+                    s.weighted_sum
+                };
+                f(&a, n + 3, g, &v, stride, n, hd, &mut o1);
+                (s.weighted_sum)(&a, n + 3, g, &v, stride, n, hd, &mut o2);
+                assert!(
+                    o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-5)),
+                    "{name} weighted g={g} hd={hd} n={n}"
+                );
+            }
+            for n in [1usize, 5, 8, 100, 2049] {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+                    .collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                (t.softmax_round_f16)(&mut a);
+                (s.softmax_round_f16)(&mut b);
+                // Equal up to one f16 step of rounding (exp differs by about an ulp).
+                assert!(
+                    a.iter()
+                        .zip(&b)
+                        .all(|(p, q)| (p - q).abs() <= q.abs() / 1024.0 + 1e-7),
+                    "{name} softmax n={n}"
+                );
+                assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 2e-3);
+            }
+        }
     }
 
     #[test]

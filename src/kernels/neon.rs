@@ -168,3 +168,179 @@ pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
     };
     sum + super::scalar::act_round(&x[i..n], scale, &mut q[i..n])
 }
+
+// ---------------------------------------------------------------------------
+// Float kernels: the f16 LM head and attention, and the int8 head dot. f16
+// is widened exactly with integer operations (stable Rust has no f16 vector
+// type): the magnitude shifted into an f32 and scaled by 2^112 covers normal
+// and subnormal values, infinities and NaNs get the all-ones exponent.
+// The softmax uses the scalar routine.
+// ---------------------------------------------------------------------------
+
+/// Eight f16 values (bits) to two f32 vectors, exactly.
+#[inline(always)]
+fn f16x8(h: uint16x8_t) -> [float32x4_t; 2] {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe {
+        let abs = vbicq_u16(h, vdupq_n_u16(0x8000));
+        let sign = vandq_u16(h, vdupq_n_u16(0x8000));
+        let mag = [
+            vshll_n_u16::<13>(vget_low_u16(abs)),
+            vshll_high_n_u16::<13>(abs),
+        ];
+        let sgn = [
+            vshll_n_u16::<16>(vget_low_u16(sign)),
+            vshll_high_n_u16::<16>(sign),
+        ];
+        let magic = vdupq_n_f32(f32::from_bits(0x7780_0000)); // 2^112
+        let inf = vdupq_n_u32(0x7C00 << 13);
+        let exp = vdupq_n_u32(0x7F80_0000);
+        let mut out = [vdupq_n_f32(0.0); 2];
+        for i in 0..2 {
+            let scaled = vreinterpretq_u32_f32(vmulq_f32(vreinterpretq_f32_u32(mag[i]), magic));
+            let special = vorrq_u32(mag[i], exp);
+            let v = vbslq_u32(vcgeq_u32(mag[i], inf), special, scaled);
+            out[i] = vreinterpretq_f32_u32(vorrq_u32(v, sgn[i]));
+        }
+        out
+    }
+}
+
+/// Loads eight f16 values.
+///
+/// # Safety
+/// `p` is readable for 16 bytes.
+#[inline(always)]
+unsafe fn load_f16x8(p: *const u8) -> [float32x4_t; 2] {
+    // SAFETY: by the function's contract.
+    f16x8(unsafe { vld1q_u16(p as *const u16) })
+}
+
+/// [`super::scalar::dot_f16`].
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(row.len() / 2);
+    let mut i = 0;
+    // SAFETY: NEON baseline; i + 8 <= n for every access.
+    let mut total = unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        while i + 16 <= n {
+            for h in 0..2 {
+                let w = load_f16x8(row.as_ptr().add(2 * (i + 8 * h)));
+                let xp = x.as_ptr().add(i + 8 * h);
+                acc[2 * h] = vfmaq_f32(acc[2 * h], w[0], vld1q_f32(xp));
+                acc[2 * h + 1] = vfmaq_f32(acc[2 * h + 1], w[1], vld1q_f32(xp.add(4)));
+            }
+            i += 16;
+        }
+        while i + 8 <= n {
+            let w = load_f16x8(row.as_ptr().add(2 * i));
+            acc[0] = vfmaq_f32(acc[0], w[0], vld1q_f32(x.as_ptr().add(i)));
+            acc[1] = vfmaq_f32(acc[1], w[1], vld1q_f32(x.as_ptr().add(i + 4)));
+            i += 8;
+        }
+        vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ))
+    };
+    total += super::scalar::dot_f16(&row[2 * i..2 * n], &x[i..n]);
+    total
+}
+
+/// [`super::scalar::axpy_f16`].
+pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    let n = out.len().min(v.len() / 2);
+    let mut i = 0;
+    // SAFETY: NEON baseline; i + 8 <= n for every access.
+    unsafe {
+        let av = vdupq_n_f32(a);
+        while i + 8 <= n {
+            let w = load_f16x8(v.as_ptr().add(2 * i));
+            let o = out.as_mut_ptr().add(i);
+            vst1q_f32(o, vfmaq_f32(vld1q_f32(o), av, w[0]));
+            vst1q_f32(o.add(4), vfmaq_f32(vld1q_f32(o.add(4)), av, w[1]));
+            i += 8;
+        }
+    }
+    super::scalar::axpy_f16(a, &v[2 * i..2 * n], &mut out[i..n]);
+}
+
+/// [`super::scalar::dot_i8`].
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    // SAFETY: NEON baseline; i + 16 <= n for every access.
+    let mut total = unsafe {
+        let mut acc = vdupq_n_s32(0);
+        while i + 16 <= n {
+            let x = vld1q_s8(a.as_ptr().add(i));
+            let y = vld1q_s8(b.as_ptr().add(i));
+            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+            acc = vpadalq_s16(acc, vmull_high_s8(x, y));
+            i += 16;
+        }
+        vaddvq_s32(acc)
+    };
+    total += super::scalar::dot_i8(&a[i..n], &b[i..n]);
+    total
+}
+
+/// [`super::scalar::dot_f16_group`] for `hd` a multiple of 8: the key row
+/// is widened once for every query head.
+pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    let hd = k.len() / 2;
+    let g = out.len();
+    assert!(hd.is_multiple_of(8) && g <= 8 && qs.len() >= g * hd);
+    // SAFETY: NEON baseline; c + 8 <= hd and every query row holds hd floats.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 8];
+        for c in (0..hd).step_by(8) {
+            let kv = load_f16x8(k.as_ptr().add(2 * c));
+            for (j, a) in acc.iter_mut().enumerate().take(g) {
+                let q = qs.as_ptr().add(j * hd + c);
+                *a = vfmaq_f32(*a, kv[0], vld1q_f32(q));
+                *a = vfmaq_f32(*a, kv[1], vld1q_f32(q.add(4)));
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = vaddvq_f32(a);
+        }
+    }
+}
+
+/// [`super::scalar::weighted_sum`] for `hd` a multiple of 8: for each block
+/// of eight dimensions, the positions run in order with the `g` heads'
+/// sums in registers.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    assert!(hd.is_multiple_of(8) && (1..=8).contains(&g) && n >= 1 && outs.len() >= g * hd);
+    assert!(a.len() >= (g - 1) * a_stride + n && v.len() >= (n - 1) * row_stride + 2 * hd);
+    // SAFETY: NEON baseline; the asserts above bound every access.
+    unsafe {
+        for c in (0..hd).step_by(8) {
+            let mut acc = [[vdupq_n_f32(0.0); 2]; 8];
+            for s in 0..n {
+                let vv = load_f16x8(v.as_ptr().add(s * row_stride + 2 * c));
+                for (j, acc) in acc.iter_mut().enumerate().take(g) {
+                    let w = vdupq_n_f32(*a.get_unchecked(j * a_stride + s));
+                    acc[0] = vfmaq_f32(acc[0], w, vv[0]);
+                    acc[1] = vfmaq_f32(acc[1], w, vv[1]);
+                }
+            }
+            for (j, acc) in acc.iter().enumerate().take(g) {
+                let o = outs.as_mut_ptr().add(j * hd + c);
+                vst1q_f32(o, acc[0]);
+                vst1q_f32(o.add(4), acc[1]);
+            }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! against. They compute the exact integer `Σ code·q` over whole 128-weight
 //! blocks, with codes read as stored (0..=3).
 
+use half::f16;
+
 use crate::i2s::{BLOCK_BYTES, QK_I2_S};
 
 /// Exact `Σ code·q` over one block of 32 packed bytes and 128 activations.
@@ -66,4 +68,79 @@ pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
         *dst = c as i8;
     }
     sum
+}
+
+// ---------------------------------------------------------------------------
+// Float kernels: the references of the f16 LM head and attention kernels,
+// the attention softmax and the int8 head dot.
+// ---------------------------------------------------------------------------
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+}
+
+/// Dot of a row of little-endian f16 values with f32 `x` (eight partial
+/// sums, as the vector kernels keep).
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, &v) in x.iter().enumerate().take(row.len() / 2) {
+        acc[i % 8] += f16_at(row, i) * v;
+    }
+    acc.iter().sum()
+}
+
+/// `out += a * v` for a row of little-endian f16 values `v`.
+pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate().take(v.len() / 2) {
+        *o += a * f16_at(v, i);
+    }
+}
+
+/// Exact `Σ a·b` of two int8 vectors.
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// `out[j] = k · qs[j]` for the `out.len()` query rows stored back to back.
+pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
+    let hd = k.len() / 2;
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f16(k, &qs[j * hd..(j + 1) * hd]);
+    }
+}
+
+/// `outs[j*hd + d] = Σ_{s<n} a[j*a_stride + s] * v_s[d]` for `g` heads.
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    outs[..g * hd].fill(0.0);
+    for s in 0..n {
+        let row = &v[s * row_stride..s * row_stride + 2 * hd];
+        for j in 0..g {
+            axpy_f16(a[j * a_stride + s], row, &mut outs[j * hd..(j + 1) * hd]);
+        }
+    }
+}
+
+/// ggml's attention softmax, rounded to f16: `v = f16(exp(v - max) / Σ)`,
+/// the sum accumulated in f64.
+pub fn softmax_round_f16(v: &mut [f32]) {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f64;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in v.iter_mut() {
+        *x = f16::from_f32(*x * inv).to_f32();
+    }
 }

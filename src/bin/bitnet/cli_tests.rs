@@ -334,6 +334,36 @@ fn errors_have_their_exit_status() {
 }
 
 #[test]
+fn forced_scalar_kernel_runs_the_whole_model() {
+    let Some(m) = tiny() else { return };
+    let args = [
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+    ];
+    let auto = ok(&bitnet(&args));
+    let o = Command::new(BIN)
+        .args(args)
+        .env("BITNET_STFMA_KERNEL", "scalar")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), auto, "greedy text differs under the scalar kernels");
+    assert!(
+        text(&o.stderr).contains("kernel scalar"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
 fn too_many_threads_are_warned_about() {
     let Some(m) = tiny() else { return };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
