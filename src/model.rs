@@ -369,6 +369,7 @@ pub struct Session<'m> {
     ctx: usize,
     max_batch: usize,
     pos: usize,
+    /// f16 keys and values, head-major: `[layer][kv head][position][head_dim]`.
     kcache: Vec<u16>,
     vcache: Vec<u16>,
     x: Vec<f32>,
@@ -462,10 +463,10 @@ impl<'m> Session<'m> {
                 self.ctx
             )));
         }
-        let kv = self.model.config.kv_dim();
+        let c = &self.model.config;
         let mut h = 0x2545_F491_4F6C_DD1Du64;
-        for l in 0..self.model.config.n_layers {
-            let range = l * self.ctx * kv..(l * self.ctx + n) * kv;
+        for lh in 0..c.n_layers * c.n_kv_heads {
+            let range = lh * self.ctx * c.head_dim..(lh * self.ctx + n) * c.head_dim;
             for (k, v) in self.kcache[range.clone()]
                 .iter_mut()
                 .zip(&mut self.vcache[range])
@@ -589,18 +590,22 @@ impl<'m> Session<'m> {
                     p,
                     c.rope_theta,
                 );
-                let at = (l * self.ctx + p) * kv;
-                for (dst, &src) in self.kcache[at..at + kv]
-                    .iter_mut()
-                    .zip(&self.k[t * kv..(t + 1) * kv])
-                {
-                    *dst = f16::from_f32(src).to_bits();
-                }
-                for (dst, &src) in self.vcache[at..at + kv]
-                    .iter_mut()
-                    .zip(&self.v[t * kv..(t + 1) * kv])
-                {
-                    *dst = f16::from_f32(src).to_bits();
+                // Head-major cache: each KV head's rows are contiguous, so
+                // attention streams them (a position-major row stride of
+                // kv_dim defeats the hardware prefetchers).
+                let hd = c.head_dim;
+                for h in 0..c.n_kv_heads {
+                    let at = ((l * c.n_kv_heads + h) * self.ctx + p) * hd;
+                    let src = t * kv + h * hd..t * kv + (h + 1) * hd;
+                    for (dst, &x) in self.kcache[at..at + hd]
+                        .iter_mut()
+                        .zip(&self.k[src.clone()])
+                    {
+                        *dst = f16::from_f32(x).to_bits();
+                    }
+                    for (dst, &x) in self.vcache[at..at + hd].iter_mut().zip(&self.v[src]) {
+                        *dst = f16::from_f32(x).to_bits();
+                    }
                 }
             }
             self.attention(l, pos0, t_n);
@@ -688,7 +693,6 @@ impl<'m> Session<'m> {
             let mut qbuf = [0f32; 512 * kernels::MAX_GROUP];
             let mut obuf = [0f32; 512 * kernels::MAX_GROUP];
             let (qg, og) = (&mut qbuf[..g * hd], &mut obuf[..g * hd]);
-            let mut row = [0f32; kernels::MAX_GROUP];
             for t in 0..t_n {
                 let p = pos0 + t;
                 for (d, &v) in qg
@@ -697,18 +701,22 @@ impl<'m> Session<'m> {
                 {
                     *d = f16::from_f32(v).to_f32();
                 }
-                for s in 0..=p {
-                    let krow = &kcache[2 * (s * kv + kvh * hd)..2 * (s * kv + (kvh + 1) * hd)];
-                    kernels::dot_f16_group(krow, qg, &mut row[..g]);
-                    for j in 0..g {
-                        sc[j * ctx + s] = row[j] * scale;
-                    }
-                }
+                let head = 2 * kvh * ctx * hd..2 * (kvh + 1) * ctx * hd;
+                kernels::attn_scores(
+                    &kcache[head.clone()],
+                    2 * hd,
+                    p + 1,
+                    qg,
+                    g,
+                    hd,
+                    scale,
+                    sc,
+                    ctx,
+                );
                 for j in 0..g {
                     kernels::softmax_round_f16(&mut sc[j * ctx..j * ctx + p + 1]);
                 }
-                let vrows = &vcache[2 * kvh * hd..];
-                kernels::weighted_sum(sc, ctx, g, vrows, 2 * kv, p + 1, hd, og);
+                kernels::weighted_sum(sc, ctx, g, &vcache[head], 2 * hd, p + 1, hd, og);
                 // SAFETY: see above.
                 unsafe { att.part(t * dim + h0 * hd, g * hd) }.copy_from_slice(og);
             }

@@ -406,28 +406,43 @@ unsafe fn weighted_sum_n<const G: usize>(
     hd: usize,
     outs: &mut [f32],
 ) {
-    for c in (0..hd).step_by(8) {
-        let mut acc = [_mm256_setzero_ps(); G];
+    // Two blocks of eight dimensions at a time: 2G independent sums, so the
+    // FMA latency is hidden and each weight broadcast feeds two FMAs.
+    let mut c = 0;
+    while c < hd {
+        let two = c + 16 <= hd;
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
         for s in 0..n {
-            // SAFETY: row s holds hd f16 values and c + 8 <= hd; a holds
-            // G rows of at least n weights at a_stride.
+            // SAFETY: row s holds hd f16 values and c + 8 (c + 16 when
+            // `two`) <= hd; a holds G rows of at least n weights at a_stride.
             unsafe {
-                let vv = _mm256_cvtph_ps(_mm_loadu_si128(
-                    v.as_ptr().add(s * row_stride + 2 * c) as *const __m128i
-                ));
+                let p = v.as_ptr().add(s * row_stride + 2 * c);
+                let v0 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                let v1 = if two {
+                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
+                } else {
+                    _mm256_setzero_ps()
+                };
                 for (j, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(
-                        _mm256_set1_ps(*a.get_unchecked(j * a_stride + s)),
-                        vv,
-                        *acc,
-                    );
+                    let w = _mm256_set1_ps(*a.get_unchecked(j * a_stride + s));
+                    acc[0] = _mm256_fmadd_ps(w, v0, acc[0]);
+                    if two {
+                        acc[1] = _mm256_fmadd_ps(w, v1, acc[1]);
+                    }
                 }
             }
         }
         for (j, acc) in acc.iter().enumerate() {
             // SAFETY: outs holds G*hd floats.
-            unsafe { _mm256_storeu_ps(outs.as_mut_ptr().add(j * hd + c), *acc) };
+            unsafe {
+                let o = outs.as_mut_ptr().add(j * hd + c);
+                _mm256_storeu_ps(o, acc[0]);
+                if two {
+                    _mm256_storeu_ps(o.add(8), acc[1]);
+                }
+            }
         }
+        c += if two { 16 } else { 8 };
     }
 }
 
@@ -544,6 +559,96 @@ pub unsafe fn weighted_sum(
             6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
             7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
             _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
+        }
+    }
+}
+
+/// [`super::scalar::attn_scores`] for `g` in 1..=8.
+///
+/// # Safety
+/// AVX2, FMA and F16C are present; the bounds of [`super::attn_scores`]
+/// hold; `hd` is a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attn_scores(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    g: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    // SAFETY (all arms): forwarded contract.
+    unsafe {
+        match g {
+            1 => scores_n::<1>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            2 => scores_n::<2>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            3 => scores_n::<3>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            4 => scores_n::<4>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            5 => scores_n::<5>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            6 => scores_n::<6>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            7 => scores_n::<7>(k, row_stride, n, qs, hd, scale, out, out_stride),
+            _ => scores_n::<8>(k, row_stride, n, qs, hd, scale, out, out_stride),
+        }
+    }
+}
+
+/// # Safety
+/// As [`attn_scores`] with `g == G`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_n<const G: usize>(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    for s in 0..n {
+        // Two sums per head (even and odd blocks of eight) keep 2G FMA
+        // chains in flight.
+        let mut acc0 = [_mm256_setzero_ps(); G];
+        let mut acc1 = [_mm256_setzero_ps(); G];
+        let row = k.as_ptr().wrapping_add(s * row_stride);
+        let mut c = 0;
+        while c + 16 <= hd {
+            // SAFETY: row s holds hd f16 values, c + 16 <= hd, and every
+            // query row holds hd floats.
+            unsafe {
+                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * c) as *const __m128i));
+                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * c + 16) as *const __m128i));
+                for j in 0..G {
+                    let q = qs.as_ptr().add(j * hd + c);
+                    acc0[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q), acc0[j]);
+                    acc1[j] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q.add(8)), acc1[j]);
+                }
+            }
+            c += 16;
+        }
+        if c < hd {
+            // SAFETY: as above, c + 8 == hd.
+            unsafe {
+                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * c) as *const __m128i));
+                for j in 0..G {
+                    let q = qs.as_ptr().add(j * hd + c);
+                    acc0[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q), acc0[j]);
+                }
+            }
+        }
+        let acc: [[__m256; 2]; G] = std::array::from_fn(|j| [acc0[j], acc1[j]]);
+        for (j, a) in acc.iter().enumerate() {
+            let a = _mm256_add_ps(a[0], a[1]);
+            let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            let t = _mm_add_ss(t, _mm_movehdup_ps(t));
+            // SAFETY: out holds G rows of n scores at out_stride.
+            unsafe { *out.get_unchecked_mut(j * out_stride + s) = _mm_cvtss_f32(t) * scale };
         }
     }
 }

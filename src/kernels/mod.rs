@@ -428,6 +428,9 @@ pub struct FloatKernels {
     #[allow(clippy::type_complexity)]
     pub weighted_sum: fn(&[f32], usize, usize, &[u8], usize, usize, usize, &mut [f32]),
     pub softmax_round_f16: fn(&mut [f32]),
+    /// Requires `hd` to be a multiple of 8.
+    #[allow(clippy::type_complexity)]
+    pub attn_scores: fn(&[u8], usize, usize, &[f32], usize, usize, f32, &mut [f32], usize),
 }
 
 static SCALAR_FLOAT: FloatKernels = FloatKernels {
@@ -437,6 +440,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16_group: scalar::dot_f16_group,
     weighted_sum: scalar::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
+    attn_scores: scalar::attn_scores,
 };
 
 // SAFETY (every entry): this table is only returned by `float_kernels` for
@@ -451,6 +455,9 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
         avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
     },
     softmax_round_f16: |v| unsafe { avx2::softmax_round_f16(v) },
+    attn_scores: |k, rs, n, q, g, hd, sc, o, os| unsafe {
+        avx2::attn_scores(k, rs, n, q, g, hd, sc, o, os)
+    },
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -461,6 +468,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
+    attn_scores: neon::attn_scores,
 };
 
 /// The float table of kernel family `k` (scalar if the CPU cannot run it).
@@ -534,6 +542,34 @@ pub fn weighted_sum(
         (float().weighted_sum)(a, a_stride, g, v, row_stride, n, hd, outs)
     } else {
         scalar::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs)
+    }
+}
+
+/// Scaled attention scores of `g` query heads (stored back to back in `qs`,
+/// `hd` floats each) against `n` f16 key rows, row `s` being `hd` values at
+/// byte `s * row_stride` of `k`: `out[j*out_stride + s] = scale * (k_s · q_j)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_scores(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    g: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!((1..=MAX_GROUP).contains(&g) && hd > 0 && qs.len() >= g * hd);
+    if n == 0 {
+        return;
+    }
+    assert!(k.len() >= (n - 1) * row_stride + 2 * hd && (row_stride >= 2 * hd || n == 1));
+    assert!(out_stride >= n && out.len() >= (g - 1) * out_stride + n);
+    if hd.is_multiple_of(8) {
+        (float().attn_scores)(k, row_stride, n, qs, g, hd, scale, out, out_stride)
+    } else {
+        scalar::attn_scores(k, row_stride, n, qs, g, hd, scale, out, out_stride)
     }
 }
 

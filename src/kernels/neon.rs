@@ -344,3 +344,29 @@ pub fn weighted_sum(
         }
     }
 }
+
+/// [`super::scalar::attn_scores`] for `hd` a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_scores(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    g: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let mut row = [0f32; 8];
+    for s in 0..n {
+        dot_f16_group(
+            &k[s * row_stride..s * row_stride + 2 * hd],
+            qs,
+            &mut row[..g],
+        );
+        for (j, &v) in row[..g].iter().enumerate() {
+            out[j * out_stride + s] = v * scale;
+        }
+    }
+}

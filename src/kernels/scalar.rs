@@ -144,3 +144,26 @@ pub fn softmax_round_f16(v: &mut [f32]) {
         *x = f16::from_f32(*x * inv).to_f32();
     }
 }
+
+/// Scaled attention scores of `g` query heads against `n` f16 key rows:
+/// `out[j*out_stride + s] = scale * (k_s · qs[j])`, key row `s` being `hd`
+/// f16 values at byte `s * row_stride` of `k`.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_scores(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    g: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    for s in 0..n {
+        let row = &k[s * row_stride..s * row_stride + 2 * hd];
+        for j in 0..g {
+            out[j * out_stride + s] = dot_f16(row, &qs[j * hd..(j + 1) * hd]) * scale;
+        }
+    }
+}
