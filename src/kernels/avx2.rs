@@ -635,9 +635,8 @@ unsafe fn scores_n<const G: usize>(
             // SAFETY: as above, c + 8 == hd.
             unsafe {
                 let k0 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * c) as *const __m128i));
-                for j in 0..G {
-                    let q = qs.as_ptr().add(j * hd + c);
-                    acc0[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q), acc0[j]);
+                for (j, a) in acc0.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(k0, _mm256_loadu_ps(qs.as_ptr().add(j * hd + c)), *a);
                 }
             }
         }
