@@ -49,6 +49,21 @@ fn data(rows: usize, cols: usize) -> (Vec<u8>, Vec<i8>) {
     (packed, y)
 }
 
+/// A benchmark group counting `elems` MACs per iteration.
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: String,
+    elems: usize,
+    samples: usize,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(elems as u64));
+    g.sample_size(samples)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g
+}
+
 fn bench(c: &mut Criterion) {
     for (cols, rows) in SHAPES {
         let (raw, y) = data(rows, cols);
@@ -58,11 +73,7 @@ fn bench(c: &mut Criterion) {
             .collect();
         let row_bytes = cols / 4;
         let mut out = vec![0i32; rows];
-        let mut g = c.benchmark_group(format!("{cols}x{rows}"));
-        g.throughput(Throughput::Elements((rows * cols) as u64));
-        g.sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        let mut g = group(c, format!("{cols}x{rows}"), rows * cols, 20);
         for k in Kernel::supported() {
             g.bench_function(BenchmarkId::new(k.name(), "raw"), |b| {
                 b.iter(|| {
@@ -95,11 +106,7 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
 
-        let mut g = c.benchmark_group(format!("{cols}x{rows}_4acts"));
-        g.throughput(Throughput::Elements((4 * rows * cols) as u64));
-        g.sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        let mut g = group(c, format!("{cols}x{rows}_4acts"), 4 * rows * cols, 20);
         for k in Kernel::supported()
             .into_iter()
             .filter(|&k| k != Kernel::Scalar)
@@ -115,11 +122,7 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
 
-        let mut g = c.benchmark_group(format!("{cols}x{rows}_8acts"));
-        g.throughput(Throughput::Elements((8 * rows * cols) as u64));
-        g.sample_size(20)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        let mut g = group(c, format!("{cols}x{rows}_8acts"), 8 * rows * cols, 20);
         for k in Kernel::supported()
             .into_iter()
             .filter(|&k| k != Kernel::Scalar)
@@ -145,11 +148,7 @@ fn bench(c: &mut Criterion) {
         let mut acts = ActBatch::new(cols, 128);
         acts.quantize(&x);
         let mut y = vec![0f32; 128 * rows];
-        let mut g = c.benchmark_group(format!("{cols}x{rows}_matmul128"));
-        g.throughput(Throughput::Elements((128 * rows * cols) as u64));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(2));
+        let mut g = group(c, format!("{cols}x{rows}_matmul128"), 128 * rows * cols, 10);
         for k in Kernel::supported()
             .into_iter()
             .filter(|&k| k != Kernel::Scalar)
