@@ -7,19 +7,27 @@
 //! - [`threadpool`]: the persistent worker pool.
 //! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
 pub mod cache;
+#[cfg(feature = "runner")]
 pub mod chat;
+#[cfg(feature = "runner")]
 pub mod embedding;
 pub mod error;
 pub mod ffi;
+#[cfg(feature = "runner")]
 pub mod fuzz;
+#[cfg(feature = "runner")]
 pub mod gguf;
 pub mod i2s;
 pub mod kernels;
 pub mod matmul;
+#[cfg(feature = "runner")]
 pub mod model;
+#[cfg(feature = "runner")]
 pub mod sampler;
+#[cfg(feature = "runner")]
 pub mod synthetic;
 pub mod threadpool;
+#[cfg(feature = "runner")]
 pub mod tokenizer;
 
 #[cfg(target_endian = "big")]
