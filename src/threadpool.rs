@@ -197,6 +197,61 @@ impl Drop for ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Runs `f(i, chunk_i)` for every `chunk`-long piece of `buf` (the last
+    /// may be shorter), spread over the pool: the safe form of a parallel
+    /// loop whose tasks each own one contiguous part of an output.
+    pub fn run_chunks<T: Send>(
+        &self,
+        buf: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        assert!(chunk > 0, "chunk length 0");
+        let len = buf.len();
+        let d = DisjointMut::new(buf);
+        self.run(len.div_ceil(chunk), &|i| {
+            let start = i * chunk;
+            // SAFETY: task i alone gets elements i*chunk..min((i+1)*chunk,
+            // len), inside the buffer, which outlives `run`.
+            f(i, unsafe { d.part(start, chunk.min(len - start)) })
+        });
+    }
+
+    /// [`ThreadPool::run_chunks`] over two buffers at once: task `i` gets
+    /// chunk `i` of each. Both must split into the same number of chunks.
+    #[allow(clippy::type_complexity)]
+    pub fn run_chunks2<A: Send, B: Send>(
+        &self,
+        a: &mut [A],
+        a_chunk: usize,
+        b: &mut [B],
+        b_chunk: usize,
+        f: &(dyn Fn(usize, &mut [A], &mut [B]) + Sync),
+    ) {
+        assert!(a_chunk > 0 && b_chunk > 0, "chunk length 0");
+        let (la, lb) = (a.len(), b.len());
+        let n = la.div_ceil(a_chunk);
+        assert_eq!(
+            n,
+            lb.div_ceil(b_chunk),
+            "the buffers split into different chunk counts"
+        );
+        let (da, db) = (DisjointMut::new(a), DisjointMut::new(b));
+        self.run(n, &|i| {
+            let (sa, sb) = (i * a_chunk, i * b_chunk);
+            // SAFETY: as in `run_chunks`, for each buffer.
+            let (pa, pb) = unsafe {
+                (
+                    da.part(sa, a_chunk.min(la - sa)),
+                    db.part(sb, b_chunk.min(lb - sb)),
+                )
+            };
+            f(i, pa, pb)
+        });
+    }
+}
+
 /// A mutable buffer shared with pool tasks that each write a disjoint part.
 pub struct DisjointMut<T>(*mut T);
 
@@ -239,6 +294,32 @@ pub fn split(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     let start = i * base + i.min(extra);
     let len = base + usize::from(i < extra);
     start..(start + len).min(n)
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_buffers_once() {
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            let mut v = vec![0u32; 103];
+            pool.run_chunks(&mut v, 10, &|i, c| {
+                for (k, x) in c.iter_mut().enumerate() {
+                    *x += (i * 10 + k) as u32 + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(k, &x)| x == k as u32 + 1));
+            let (mut a, mut b) = (vec![0u8; 12], vec![0u16; 7]);
+            pool.run_chunks2(&mut a, 4, &mut b, 3, &|i, x, y| {
+                x.fill(i as u8 + 1);
+                y.fill(i as u16 + 1);
+            });
+            assert_eq!(a, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+            assert_eq!(b, [1, 1, 1, 2, 2, 2, 3]);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
         let bw = bandwidth(threads.max(1), &buf);
         let mut sess = Session::new(&model, ctx, a.n_prompt.clamp(1, 512), threads)
             .map_err(|e| e.to_string())?;
+        sess.set_profiling(true);
         let vocab = c.vocab_size as u64;
         let mut rng = 12345u64;
         let mut token = move || {

@@ -1,0 +1,222 @@
+//! The model's weights: ternary matrices repacked once into the kernels'
+//! layout (the only copy kept), norms as f32, the embedding and the LM head
+//! borrowed from the file's map (or an 8-bit copy of the head).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use half::f16;
+
+use super::config::Config;
+use crate::cache::PackedMatrix;
+use crate::embedding::{Matrix, Q8Head};
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::threadpool::ThreadPool;
+use crate::tokenizer::Tokenizer;
+
+pub(super) struct Layer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) wq: PackedMatrix,
+    pub(super) wk: PackedMatrix,
+    pub(super) wv: PackedMatrix,
+    pub(super) wo: PackedMatrix,
+    pub(super) attn_sub_norm: Vec<f32>,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) w_gate: PackedMatrix,
+    pub(super) w_up: PackedMatrix,
+    pub(super) w_down: PackedMatrix,
+    pub(super) ffn_sub_norm: Vec<f32>,
+}
+
+/// A loaded model: weights and tokenizer.
+pub struct Model {
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    pub(super) gguf: Arc<Gguf>,
+    pub(super) embed: TensorInfo,
+    pub(super) head: TensorInfo,
+    pub(super) output_norm: Vec<f32>,
+    pub(super) layers: Vec<Layer>,
+    /// `tokenizer.chat_template`, if the file has one.
+    pub chat_template: Option<String>,
+    /// The opt-in 8-bit copy of the LM head (see [`LoadOptions`]).
+    pub(super) q8_head: Option<Q8Head>,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Quantize the LM head to 8 bits per weight with a scale per row at
+    /// load time and use it instead of the file's head (about half the bytes
+    /// per token of an F16 head; logits differ slightly from bitnet.cpp's).
+    pub q8_head: bool,
+}
+
+fn check_dims(t: &TensorInfo, want: &[u64]) -> Result<()> {
+    if t.dims != want {
+        return Err(Error::format(format!(
+            "tensor '{}' has shape {:?}, the metadata implies {want:?}",
+            t.name, t.dims
+        )));
+    }
+    Ok(())
+}
+
+fn f32_vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+    let (t, data) = g.tensor(name)?;
+    check_dims(t, &[len as u64])?;
+    match t.ty {
+        GgmlType::F32 => Ok(data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()),
+        GgmlType::F16 => Ok(data
+            .chunks_exact(2)
+            .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect()),
+        ty => Err(Error::unsupported(format!(
+            "norm tensor '{name}' has type {ty}; F32 or F16 expected"
+        ))),
+    }
+}
+
+fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
+    let (t, data) = g.tensor(name)?;
+    check_dims(t, &[cols as u64, rows as u64])?;
+    if t.ty != GgmlType::I2S {
+        return Err(Error::unsupported(format!(
+            "tensor '{name}' has type {}; this runner needs I2_S ternary weights",
+            t.ty
+        )));
+    }
+    PackedMatrix::from_i2s_tensor(data, rows, cols)
+        .map_err(|e| Error::new(e.kind, format!("tensor '{name}': {}", e.message)))
+}
+
+impl Model {
+    /// Loads a BitNet b1.58 GGUF: validates every tensor against the
+    /// metadata and repacks the ternary weights once (the only copy kept).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Model> {
+        let g = Gguf::open(path)?;
+        let mut m = Self::from_gguf(Arc::new(g))?;
+        if opts.q8_head {
+            m.q8_head = Some(Q8Head::from_matrix(&m.head_matrix(), &ThreadPool::new(0))?);
+        }
+        Ok(m)
+    }
+
+    pub fn from_gguf(g: Arc<Gguf>) -> Result<Model> {
+        let config = Config::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(Error::format(format!(
+                "the tokenizer has {} tokens but vocab_size is {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        if tokenizer.bos.is_none() || tokenizer.eos.is_none() {
+            return Err(Error::format("the vocabulary defines no BOS or no EOS token (tokenizer.ggml.bos_token_id / eos_token_id)"));
+        }
+        let c = &config;
+        let (d, v) = (c.dim as u64, c.vocab_size as u64);
+        let embed = g.tensor("token_embd.weight")?.0.clone();
+        check_dims(&embed, &[d, v])?;
+        Matrix::new(embed.ty, c.vocab_size, c.dim, g.tensor_data(&embed))
+            .map_err(|e| Error::new(e.kind, format!("token_embd.weight: {}", e.message)))?;
+        let head = match g.tensor_info("output.weight") {
+            Some(t) => {
+                check_dims(t, &[d, v])?;
+                Matrix::new(t.ty, c.vocab_size, c.dim, g.tensor_data(t))
+                    .map_err(|e| Error::new(e.kind, format!("output.weight: {}", e.message)))?;
+                t.clone()
+            }
+            None => embed.clone(),
+        };
+        let output_norm = f32_vector(&g, "output_norm.weight", c.dim)?;
+        let (kv, ff) = (c.kv_dim(), c.ffn_dim);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: f32_vector(&g, &n("attn_norm"), c.dim)?,
+                wq: ternary(&g, &n("attn_q"), c.dim, c.dim)?,
+                wk: ternary(&g, &n("attn_k"), c.dim, kv)?,
+                wv: ternary(&g, &n("attn_v"), c.dim, kv)?,
+                wo: ternary(&g, &n("attn_output"), c.dim, c.dim)?,
+                attn_sub_norm: f32_vector(&g, &n("attn_sub_norm"), c.dim)?,
+                ffn_norm: f32_vector(&g, &n("ffn_norm"), c.dim)?,
+                w_gate: ternary(&g, &n("ffn_gate"), c.dim, ff)?,
+                w_up: ternary(&g, &n("ffn_up"), c.dim, ff)?,
+                w_down: ternary(&g, &n("ffn_down"), ff, c.dim)?,
+                ffn_sub_norm: f32_vector(&g, &n("ffn_sub_norm"), ff)?,
+            });
+        }
+        let chat_template = g.get_str("tokenizer.chat_template").map(str::to_string);
+        Ok(Model {
+            config,
+            tokenizer,
+            gguf: g,
+            embed,
+            head,
+            output_norm,
+            layers,
+            chat_template,
+            q8_head: None,
+        })
+    }
+
+    pub(super) fn embed_matrix(&self) -> Matrix<'_> {
+        Matrix {
+            ty: self.embed.ty,
+            rows: self.config.vocab_size,
+            dim: self.config.dim,
+            data: self.gguf.tensor_data(&self.embed),
+        }
+    }
+
+    pub(super) fn head_matrix(&self) -> Matrix<'_> {
+        Matrix {
+            ty: self.head.ty,
+            rows: self.config.vocab_size,
+            dim: self.config.dim,
+            data: self.gguf.tensor_data(&self.head),
+        }
+    }
+
+    /// The type of the LM head matrix in the file.
+    pub fn head_type(&self) -> GgmlType {
+        self.head.ty
+    }
+
+    /// Bytes the LM head reads per decoded token (the 8-bit copy if loaded).
+    pub fn head_bytes(&self) -> usize {
+        match &self.q8_head {
+            Some(h) => h.bytes(),
+            None => self.gguf.tensor_data(&self.head).len(),
+        }
+    }
+
+    /// Whether the 8-bit LM head is in use.
+    pub fn has_q8_head(&self) -> bool {
+        self.q8_head.is_some()
+    }
+
+    /// Bytes of ternary weights held (repacked).
+    pub fn ternary_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes().len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
