@@ -53,7 +53,10 @@ pub fn attention(
     let want = tasks_per_thread * pool.threads();
     let splits = want.div_ceil(c.n_kv_heads).clamp(1, group);
     let widest = group.div_ceil(splits).min(kernels::MAX_GROUP);
-    let sub = (1..=widest).rev().find(|s| group.is_multiple_of(*s)).unwrap_or(1);
+    let sub = (1..=widest)
+        .rev()
+        .find(|s| group.is_multiple_of(*s))
+        .unwrap_or(1);
     let scale = 1.0 / (hd as f32).sqrt();
     let scores = &mut scratch.scores[..c.n_heads * ctx];
     let heads = &mut scratch.heads[..c.n_heads * t_n * hd];
