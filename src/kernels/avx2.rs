@@ -406,43 +406,64 @@ unsafe fn weighted_sum_n<const G: usize>(
     hd: usize,
     outs: &mut [f32],
 ) {
-    // Two blocks of eight dimensions at a time: 2G independent sums, so the
-    // FMA latency is hidden and each weight broadcast feeds two FMAs.
-    let mut c = 0;
-    while c < hd {
-        let two = c + 16 <= hd;
-        let mut acc = [[_mm256_setzero_ps(); 2]; G];
-        for s in 0..n {
-            // SAFETY: row s holds hd f16 values and c + 8 (c + 16 when
-            // `two`) <= hd; a holds G rows of at least n weights at a_stride.
-            unsafe {
-                let p = v.as_ptr().add(s * row_stride + 2 * c);
-                let v0 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let v1 = if two {
-                    _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let w = _mm256_set1_ps(*a.get_unchecked(j * a_stride + s));
-                    acc[0] = _mm256_fmadd_ps(w, v0, acc[0]);
+    // Positions in tiles of TILE rows (TILE * 2 * hd bytes of V stay in L1
+    // while every dimension block passes over them); within a tile, two
+    // blocks of eight dimensions at a time: 2G independent sums, so the FMA
+    // latency is hidden and each weight broadcast feeds two FMAs. The sums
+    // carry over between tiles through `outs`, so every output still adds
+    // its positions in order.
+    const TILE: usize = 32;
+    outs[..G * hd].fill(0.0);
+    let mut s0 = 0;
+    while s0 < n {
+        let s1 = (s0 + TILE).min(n);
+        let mut c = 0;
+        while c < hd {
+            let two = c + 16 <= hd;
+            let mut acc = [[_mm256_setzero_ps(); 2]; G];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: outs holds G*hd floats; c + 8 (c + 16) <= hd.
+                unsafe {
+                    let o = outs.as_ptr().add(j * hd + c);
+                    acc[0] = _mm256_loadu_ps(o);
                     if two {
-                        acc[1] = _mm256_fmadd_ps(w, v1, acc[1]);
+                        acc[1] = _mm256_loadu_ps(o.add(8));
                     }
                 }
             }
-        }
-        for (j, acc) in acc.iter().enumerate() {
-            // SAFETY: outs holds G*hd floats.
-            unsafe {
-                let o = outs.as_mut_ptr().add(j * hd + c);
-                _mm256_storeu_ps(o, acc[0]);
-                if two {
-                    _mm256_storeu_ps(o.add(8), acc[1]);
+            for s in s0..s1 {
+                // SAFETY: row s holds hd f16 values and c + 8 (c + 16 when
+                // `two`) <= hd; a holds G rows of at least n weights at a_stride.
+                unsafe {
+                    let p = v.as_ptr().add(s * row_stride + 2 * c);
+                    let v0 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+                    let v1 = if two {
+                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm256_set1_ps(*a.get_unchecked(j * a_stride + s));
+                        acc[0] = _mm256_fmadd_ps(w, v0, acc[0]);
+                        if two {
+                            acc[1] = _mm256_fmadd_ps(w, v1, acc[1]);
+                        }
+                    }
                 }
             }
+            for (j, acc) in acc.iter().enumerate() {
+                // SAFETY: outs holds G*hd floats.
+                unsafe {
+                    let o = outs.as_mut_ptr().add(j * hd + c);
+                    _mm256_storeu_ps(o, acc[0]);
+                    if two {
+                        _mm256_storeu_ps(o.add(8), acc[1]);
+                    }
+                }
+            }
+            c += if two { 16 } else { 8 };
         }
-        c += if two { 16 } else { 8 };
+        s0 = s1;
     }
 }
 

@@ -232,3 +232,96 @@ pub unsafe fn tile<const N: usize>(
     }
     out
 }
+
+/// [`super::scalar::weighted_sum`] with 16-lane sums, for `hd` a multiple of
+/// 32 (others go to the AVX2 kernel): positions in tiles whose V rows stay
+/// in L1, two 16-dimension blocks at a time (2G independent sums), the sums
+/// carried between tiles through `outs` so each output adds its positions in
+/// order.
+///
+/// # Safety
+/// AVX-512 F and the AVX2 kernel's features are present; the bounds of
+/// [`super::weighted_sum`] hold; `hd` is a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn weighted_sum(
+    a: &[f32],
+    a_stride: usize,
+    g: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    // SAFETY (all arms): forwarded contract.
+    unsafe {
+        if !hd.is_multiple_of(32) {
+            return super::avx2::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs);
+        }
+        match g {
+            1 => weighted_sum_n::<1>(a, a_stride, v, row_stride, n, hd, outs),
+            2 => weighted_sum_n::<2>(a, a_stride, v, row_stride, n, hd, outs),
+            3 => weighted_sum_n::<3>(a, a_stride, v, row_stride, n, hd, outs),
+            4 => weighted_sum_n::<4>(a, a_stride, v, row_stride, n, hd, outs),
+            5 => weighted_sum_n::<5>(a, a_stride, v, row_stride, n, hd, outs),
+            6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
+            7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
+            _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
+        }
+    }
+}
+
+/// # Safety
+/// As [`weighted_sum`] with `g == G` and `hd` a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn weighted_sum_n<const G: usize>(
+    a: &[f32],
+    a_stride: usize,
+    v: &[u8],
+    row_stride: usize,
+    n: usize,
+    hd: usize,
+    outs: &mut [f32],
+) {
+    const TILE: usize = 32;
+    outs[..G * hd].fill(0.0);
+    let mut s0 = 0;
+    while s0 < n {
+        let s1 = (s0 + TILE).min(n);
+        for c in (0..hd).step_by(32) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; G];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: outs holds G*hd floats and c + 32 <= hd.
+                unsafe {
+                    let o = outs.as_ptr().add(j * hd + c);
+                    acc[0] = _mm512_loadu_ps(o);
+                    acc[1] = _mm512_loadu_ps(o.add(16));
+                }
+            }
+            for s in s0..s1 {
+                // SAFETY: row s holds hd f16 values and c + 32 <= hd; a holds
+                // G rows of at least n weights at a_stride.
+                unsafe {
+                    let p = v.as_ptr().add(s * row_stride + 2 * c);
+                    let v0 = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+                    let v1 = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*a.get_unchecked(j * a_stride + s));
+                        acc[0] = _mm512_fmadd_ps(w, v0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(w, v1, acc[1]);
+                    }
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                // SAFETY: outs holds G*hd floats.
+                unsafe {
+                    let o = outs.as_mut_ptr().add(j * hd + c);
+                    _mm512_storeu_ps(o, acc[0]);
+                    _mm512_storeu_ps(o.add(16), acc[1]);
+                }
+            }
+        }
+        s0 = s1;
+    }
+}

@@ -460,6 +460,16 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
     },
 };
 
+// SAFETY (every entry): as for AVX2_FLOAT; this table is only returned for
+// the avx512 family, whose support includes AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+static AVX512_FLOAT: FloatKernels = FloatKernels {
+    weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
+        avx512::weighted_sum(a, st, g, v, rs, n, hd, o)
+    },
+    ..AVX2_FLOAT
+};
+
 #[cfg(target_arch = "aarch64")]
 static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16: neon::dot_f16,
@@ -475,7 +485,9 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
 pub fn float_kernels(k: Kernel) -> &'static FloatKernels {
     match supported_or_scalar(k) {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Avx512 => &AVX2_FLOAT,
+        Kernel::Avx2 => &AVX2_FLOAT,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => &AVX512_FLOAT,
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon | Kernel::NeonDotprod => &NEON_FLOAT,
         _ => &SCALAR_FLOAT,
