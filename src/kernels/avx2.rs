@@ -508,8 +508,20 @@ fn exp256(x: __m256) -> __m256 {
 /// AVX2, FMA and F16C are present.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn softmax_round_f16(v: &mut [f32]) {
-    let n = v.len();
     let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    // SAFETY: forwarded contract.
+    let inv = (1.0 / unsafe { softmax_exp(v, max) }) as f32;
+    // SAFETY: forwarded contract.
+    unsafe { scale_round_f16(v, inv) }
+}
+
+/// [`super::scalar::softmax_exp`].
+///
+/// # Safety
+/// AVX2, FMA and F16C are present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn softmax_exp(v: &mut [f32], max: f32) -> f64 {
+    let n = v.len();
     let mv = _mm256_set1_ps(max);
     let mut sum = _mm256_setzero_pd();
     let mut i = 0;
@@ -532,7 +544,16 @@ pub unsafe fn softmax_round_f16(v: &mut [f32]) {
         *x = (*x - max).exp();
         total += *x as f64;
     }
-    let inv = (1.0 / total) as f32;
+    total
+}
+
+/// [`super::scalar::scale_round_f16`].
+///
+/// # Safety
+/// AVX2, FMA and F16C are present.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scale_round_f16(v: &mut [f32], inv: f32) {
+    let n = v.len();
     let iv = _mm256_set1_ps(inv);
     let mut i = 0;
     while i + 8 <= n {

@@ -428,6 +428,8 @@ pub struct FloatKernels {
     #[allow(clippy::type_complexity)]
     pub weighted_sum: fn(&[f32], usize, usize, &[u8], usize, usize, usize, &mut [f32]),
     pub softmax_round_f16: fn(&mut [f32]),
+    pub softmax_exp: fn(&mut [f32], f32) -> f64,
+    pub scale_round_f16: fn(&mut [f32], f32),
     /// Requires `hd` to be a multiple of 8.
     #[allow(clippy::type_complexity)]
     pub attn_scores: fn(&[u8], usize, usize, &[f32], usize, usize, f32, &mut [f32], usize),
@@ -440,6 +442,8 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16_group: scalar::dot_f16_group,
     weighted_sum: scalar::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
+    softmax_exp: scalar::softmax_exp,
+    scale_round_f16: scalar::scale_round_f16,
     attn_scores: scalar::attn_scores,
 };
 
@@ -455,6 +459,8 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
         avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
     },
     softmax_round_f16: |v| unsafe { avx2::softmax_round_f16(v) },
+    softmax_exp: |v, m| unsafe { avx2::softmax_exp(v, m) },
+    scale_round_f16: |v, i| unsafe { avx2::scale_round_f16(v, i) },
     attn_scores: |k, rs, n, q, g, hd, sc, o, os| unsafe {
         avx2::attn_scores(k, rs, n, q, g, hd, sc, o, os)
     },
@@ -478,6 +484,8 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
+    softmax_exp: scalar::softmax_exp,
+    scale_round_f16: scalar::scale_round_f16,
     attn_scores: neon::attn_scores,
 };
 
@@ -555,6 +563,19 @@ pub fn weighted_sum(
     } else {
         scalar::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs)
     }
+}
+
+/// The softmax's first half: `v = exp(v - max)`; returns `Σ v` in f64.
+/// [`softmax_round_f16`] is `softmax_exp` with the row's maximum, then
+/// [`scale_round_f16`] with `1/Σ`; a row split in pieces (positions over
+/// threads) runs the halves per piece with the whole row's maximum and sum.
+pub fn softmax_exp(v: &mut [f32], max: f32) -> f64 {
+    (float().softmax_exp)(v, max)
+}
+
+/// The softmax's second half: `v = f16(v * inv)` (kept as f32).
+pub fn scale_round_f16(v: &mut [f32], inv: f32) {
+    (float().scale_round_f16)(v, inv)
 }
 
 /// Scaled attention scores of `g` query heads (stored back to back in `qs`,

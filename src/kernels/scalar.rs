@@ -134,12 +134,22 @@ pub fn weighted_sum(
 /// the sum accumulated in f64.
 pub fn softmax_round_f16(v: &mut [f32]) {
     let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let inv = (1.0 / softmax_exp(v, max)) as f32;
+    scale_round_f16(v, inv);
+}
+
+/// The softmax's first half: `v = exp(v - max)`, returning `Σ v` in f64.
+pub fn softmax_exp(v: &mut [f32], max: f32) -> f64 {
     let mut sum = 0f64;
     for x in v.iter_mut() {
         *x = (*x - max).exp();
         sum += *x as f64;
     }
-    let inv = (1.0 / sum) as f32;
+    sum
+}
+
+/// The softmax's second half: `v = f16(v * inv)` (rounded to f16, kept as f32).
+pub fn scale_round_f16(v: &mut [f32], inv: f32) {
     for x in v.iter_mut() {
         *x = f16::from_f32(*x * inv).to_f32();
     }

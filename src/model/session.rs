@@ -58,6 +58,9 @@ pub struct Session<'m> {
     acts_ffn: ActBatch,
     /// Attention tasks wanted per thread (tests lower it to get whole groups).
     pub(super) attn_tasks_per_thread: usize,
+    /// Cache length from which a decoded token's attention is split over
+    /// positions (tests lower it).
+    pub(super) attn_split_min: usize,
     profiling: bool,
     pub timings: Timings,
 }
@@ -93,6 +96,7 @@ impl<'m> Session<'m> {
             acts_dim: ActBatch::new(c.dim, b),
             acts_ffn: ActBatch::new(c.ffn_dim, b),
             attn_tasks_per_thread: 4,
+            attn_split_min: 512,
             profiling: false,
             timings: Timings::default(),
         })
@@ -279,6 +283,7 @@ impl<'m> Session<'m> {
             self.pos,
             t_n,
             self.attn_tasks_per_thread,
+            self.attn_split_min,
             &mut self.attn_scratch,
             &mut self.att,
         );

@@ -244,13 +244,20 @@ fn reproduces_bitnet_cpp_logits() {
             case.tokens,
             "tokens of {prompt:?}"
         );
-        // (batch, threads, attention tasks per thread): the last runs
-        // whole 4-head groups through the grouped attention kernels.
-        for (batch, threads, per_thread) in
-            [(1usize, 2usize, 4usize), (7, 2, 4), (64, 2, 4), (5, 1, 1)]
-        {
+        // (batch, threads, attention tasks per thread, split from): the
+        // fourth runs whole 4-head groups through the grouped attention
+        // kernels, the fifth splits every decoded token's positions over
+        // the threads.
+        for (batch, threads, per_thread, split) in [
+            (1usize, 2usize, 4usize, 512usize),
+            (7, 2, 4, 512),
+            (64, 2, 4, 512),
+            (5, 1, 1, 512),
+            (1, 2, 4, 1),
+        ] {
             let mut s = Session::new(&model, 256, batch, threads).unwrap();
             s.attn_tasks_per_thread = per_thread;
+            s.attn_split_min = split;
             s.forward_all(&case.seq, &mut |i, logits| {
                 let pairs = &case.tops[i];
                 diffs.extend(pairs.iter().map(|&(id, want)| (logits[id] - want).abs()));
@@ -268,7 +275,7 @@ fn reproduces_bitnet_cpp_logits() {
     let n = diffs.len();
     let (median, p95, max) = quantiles(diffs);
     println!(
-            "reference logits: {positions} positions over 4 batch/thread settings, {n} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}"
+            "reference logits: {positions} positions over 5 batch/thread settings, {n} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}"
         );
     assert!(
         // Achieved: median 0.0000, p95 0.172, max 0.54 (f16 KV cache and
