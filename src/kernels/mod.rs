@@ -483,9 +483,9 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_i8: neon::dot_i8,
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
-    softmax_round_f16: scalar::softmax_round_f16,
-    softmax_exp: scalar::softmax_exp,
-    scale_round_f16: scalar::scale_round_f16,
+    softmax_round_f16: neon::softmax_round_f16,
+    softmax_exp: neon::softmax_exp,
+    scale_round_f16: neon::scale_round_f16,
     attn_scores: neon::attn_scores,
 };
 
@@ -958,6 +958,68 @@ pub(crate) mod tests {
                     "{name} softmax n={n}"
                 );
                 assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 2e-3);
+            }
+        }
+    }
+
+    /// The softmax halves round exactly as the scalar twin (f16, ties to
+    /// even), subnormal f16 results and ties included.
+    #[test]
+    fn softmax_halves_match_scalar_exactly() {
+        let mut x: Vec<f32> = (0..4000)
+            .map(|i| {
+                let e = (i % 40) as i32 - 30; // 2^-30 .. 2^9
+                let m = 1.0 + ((i * 7919) % 1024) as f32 / 1024.0 + ((i / 40) % 2) as f32 / 2048.0;
+                m * 2f32.powi(e)
+            })
+            .collect();
+        x.extend([
+            0.0,
+            1.0,
+            65504.0,
+            6.0e-8,
+            5.96e-8,
+            2.98e-8,
+            3.0e-8,
+            6.1035156e-5,
+            6.1e-5,
+            1e-30,
+        ]);
+        for k in Kernel::supported() {
+            let (t, sc) = (float_kernels(k), float_kernels(Kernel::Scalar));
+            for inv in [1.0f32, 0.37, 3.0] {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                (t.scale_round_f16)(&mut a, inv);
+                (sc.scale_round_f16)(&mut b, inv);
+                for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(
+                        p.to_bits(),
+                        q.to_bits(),
+                        "{} x={} inv={inv}",
+                        k.name(),
+                        x[i]
+                    );
+                }
+            }
+            let v: Vec<f32> = (0..1003)
+                .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+                .collect();
+            let (mut a, mut b) = (v.clone(), v.clone());
+            let (sa, sb) = (
+                (t.softmax_exp)(&mut a, 14.0),
+                (sc.softmax_exp)(&mut b, 14.0),
+            );
+            assert!(
+                (sa - sb).abs() <= 1e-5 * sb,
+                "{} sum {sa} vs {sb}",
+                k.name()
+            );
+            for (p, q) in a.iter().zip(&b) {
+                assert!(
+                    (p - q).abs() <= 4.0 * f32::EPSILON * q.abs() + 1e-37,
+                    "{} exp {p} vs {q}",
+                    k.name()
+                );
             }
         }
     }

@@ -173,8 +173,8 @@ pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
 // Float kernels: the f16 LM head and attention, and the int8 head dot. f16
 // is widened exactly with integer operations (stable Rust has no f16 vector
 // type): the magnitude shifted into an f32 and scaled by 2^112 covers normal
-// and subnormal values, infinities and NaNs get the all-ones exponent.
-// The softmax uses the scalar routine.
+// and subnormal values, infinities and NaNs get the all-ones exponent; the
+// softmax's rounding to f16 is done the same way (see `scale_round_f16`).
 // ---------------------------------------------------------------------------
 
 /// Eight f16 values (bits) to two f32 vectors, exactly.
@@ -369,4 +369,101 @@ pub fn attn_scores(
             out[j * out_stride + s] = v * scale;
         }
     }
+}
+
+/// `exp` of 4 lanes (the Cephes polynomial of the AVX2 kernel; inputs
+/// clamped to the finite range).
+#[inline(always)]
+fn exp4(x: float32x4_t) -> float32x4_t {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe {
+        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3)), vdupq_n_f32(88.3));
+        let fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(std::f32::consts::LOG2_E)));
+        let x = vfmsq_f32(x, fx, vdupq_n_f32(0.693_359_4));
+        let x = vfmsq_f32(x, fx, vdupq_n_f32(-2.121_944_4e-4));
+        let mut y = vdupq_n_f32(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            y = vfmaq_f32(vdupq_n_f32(c), y, x);
+        }
+        let y = vfmaq_f32(vaddq_f32(x, vdupq_n_f32(1.0)), y, vmulq_f32(x, x));
+        let pow2 = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)));
+        vmulq_f32(y, vreinterpretq_f32_s32(pow2))
+    }
+}
+
+/// [`super::scalar::softmax_round_f16`] with the vector halves below.
+pub fn softmax_round_f16(v: &mut [f32]) {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let inv = (1.0 / softmax_exp(v, max)) as f32;
+    scale_round_f16(v, inv);
+}
+
+/// [`super::scalar::softmax_exp`].
+pub fn softmax_exp(v: &mut [f32], max: f32) -> f64 {
+    let n = v.len();
+    let mut i = 0;
+    // SAFETY: NEON baseline; i + 4 <= n for every access.
+    let mut total = unsafe {
+        let mv = vdupq_n_f32(max);
+        let mut sum = [vdupq_n_f64(0.0); 2];
+        while i + 4 <= n {
+            let p = v.as_mut_ptr().add(i);
+            let e = exp4(vsubq_f32(vld1q_f32(p), mv));
+            vst1q_f32(p, e);
+            sum[0] = vaddq_f64(sum[0], vcvt_f64_f32(vget_low_f32(e)));
+            sum[1] = vaddq_f64(sum[1], vcvt_high_f64_f32(e));
+            i += 4;
+        }
+        vaddvq_f64(vaddq_f64(sum[0], sum[1]))
+    };
+    for x in &mut v[i..] {
+        *x = (*x - max).exp();
+        total += *x as f64;
+    }
+    total
+}
+
+/// [`super::scalar::scale_round_f16`] for the softmax's weights (finite, at
+/// least 0, at most 65504 after scaling; other values go through the scalar
+/// rounding): `v * inv` rounded to the nearest f16, ties to even. Below the
+/// smallest normal f16 (2^-14) adding and removing 0.5 rounds to a multiple
+/// of 2^-24; above, the low 13 mantissa bits are rounded away.
+pub fn scale_round_f16(v: &mut [f32], inv: f32) {
+    let n = v.len();
+    let mut i = 0;
+    // SAFETY: NEON baseline; i + 4 <= n for every access.
+    unsafe {
+        let iv = vdupq_n_f32(inv);
+        let tiny = vdupq_n_f32(f32::from_bits(0x3880_0000)); // 2^-14
+        let half = vdupq_n_f32(0.5);
+        let big = vdupq_n_f32(65504.0);
+        while i + 4 <= n {
+            let p = v.as_mut_ptr().add(i);
+            let x = vmulq_f32(vld1q_f32(p), iv);
+            // Anything outside [0, 65504] (or NaN) leaves the vector path.
+            let ok = vandq_u32(vcgeq_f32(x, vdupq_n_f32(0.0)), vcleq_f32(x, big));
+            if vminvq_u32(ok) != u32::MAX {
+                super::scalar::scale_round_f16(&mut v[i..i + 4], inv);
+                i += 4;
+                continue;
+            }
+            let sub = vsubq_f32(vaddq_f32(x, half), half);
+            let b = vreinterpretq_u32_f32(x);
+            let lsb = vandq_u32(vshrq_n_u32::<13>(b), vdupq_n_u32(1));
+            let r = vandq_u32(
+                vaddq_u32(b, vaddq_u32(vdupq_n_u32(0x0FFF), lsb)),
+                vdupq_n_u32(!0x1FFF),
+            );
+            let norm = vreinterpretq_f32_u32(r);
+            vst1q_f32(p, vbslq_f32(vcltq_f32(x, tiny), sub, norm));
+            i += 4;
+        }
+    }
+    super::scalar::scale_round_f16(&mut v[i..], inv);
 }
