@@ -968,7 +968,7 @@ pub(crate) mod tests {
     fn softmax_halves_match_scalar_exactly() {
         let mut x: Vec<f32> = (0..4000)
             .map(|i| {
-                let e = (i % 40) as i32 - 30; // 2^-30 .. 2^9
+                let e = (i % 40) - 30; // 2^-30 .. 2^9
                 let m = 1.0 + ((i * 7919) % 1024) as f32 / 1024.0 + ((i / 40) % 2) as f32 / 2048.0;
                 m * 2f32.powi(e)
             })
