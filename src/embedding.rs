@@ -8,7 +8,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::kernels::{dot_f16, dot_i8};
-use crate::threadpool::{DisjointMut, ThreadPool};
+use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
 #[derive(Clone, Copy)]
@@ -118,20 +118,14 @@ impl<'a> Matrix<'a> {
     pub fn matvec(&self, x: &[f32], out: &mut [f32], pool: &ThreadPool) {
         assert!(x.len() == self.dim && out.len() >= self.rows);
         const CHUNK: usize = 512;
-        let tasks = self.rows.div_ceil(CHUNK);
-        let out_ptr = DisjointMut::new(out);
-        pool.run(tasks, &|t| {
+        pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
             let r0 = t * CHUNK;
-            let r1 = (r0 + CHUNK).min(self.rows);
             let mut scratch = if self.ty == GgmlType::F16 {
                 Vec::new()
             } else {
                 vec![0f32; self.dim]
             };
-            // SAFETY: tasks write disjoint ranges r0..r1 of `out`, which
-            // outlives `run`.
-            let o = unsafe { out_ptr.part(r0, r1 - r0) };
-            self.dot_rows(r0..r1, x, o, &mut scratch);
+            self.dot_rows(r0..r0 + o.len(), x, o, &mut scratch);
         });
     }
 }
@@ -190,16 +184,19 @@ impl Q8Head {
         q.resize(n, 0i8);
         let mut scales = vec![0f32; m.rows];
         const CHUNK: usize = 1024;
-        let (qd, sd) = (DisjointMut::new(&mut q), DisjointMut::new(&mut scales));
-        pool.run(m.rows.div_ceil(CHUNK), &|t| {
-            let r0 = t * CHUNK;
-            let r1 = (r0 + CHUNK).min(m.rows);
+        if n == 0 {
+            return Ok(Q8Head {
+                rows: m.rows,
+                dim: m.dim,
+                q,
+                scales,
+            });
+        }
+        pool.run_chunks2(&mut q, CHUNK * m.dim, &mut scales, CHUNK, &|t, qc, sc| {
             let mut row = vec![0f32; m.dim];
-            for r in r0..r1 {
-                m.dequantize_row(r, &mut row);
-                // SAFETY: rows r0..r1 belong to this task alone.
-                let (qr, sr) = unsafe { (qd.part(r * m.dim, m.dim), sd.part(r, 1)) };
-                sr[0] = quantize_q8(&row, qr);
+            for (i, (qr, sr)) in qc.chunks_exact_mut(m.dim).zip(sc.iter_mut()).enumerate() {
+                m.dequantize_row(t * CHUNK + i, &mut row);
+                *sr = quantize_q8(&row, qr);
             }
         });
         Ok(Q8Head {
@@ -220,13 +217,9 @@ impl Q8Head {
         let sx = quantize_q8(x, xq);
         let xq: &[i8] = xq;
         const CHUNK: usize = 512;
-        let od = DisjointMut::new(out);
-        pool.run(self.rows.div_ceil(CHUNK), &|t| {
+        pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
             let r0 = t * CHUNK;
-            let r1 = (r0 + CHUNK).min(self.rows);
-            // SAFETY: rows r0..r1 belong to this task alone.
-            let o = unsafe { od.part(r0, r1 - r0) };
-            for (r, o) in (r0..r1).zip(o.iter_mut()) {
+            for (r, o) in (r0..r0 + o.len()).zip(o.iter_mut()) {
                 let d = dot_i8(&self.q[r * self.dim..(r + 1) * self.dim], xq);
                 *o = d as f32 * sx * self.scales[r];
             }
