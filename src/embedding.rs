@@ -184,21 +184,16 @@ impl Q8Head {
         q.resize(n, 0i8);
         let mut scales = vec![0f32; m.rows];
         const CHUNK: usize = 1024;
-        if n == 0 {
-            return Ok(Q8Head {
-                rows: m.rows,
-                dim: m.dim,
-                q,
-                scales,
+        // (an empty head has no chunks to split)
+        if n > 0 {
+            pool.run_chunks2(&mut q, CHUNK * m.dim, &mut scales, CHUNK, &|t, qc, sc| {
+                let mut row = vec![0f32; m.dim];
+                for (i, (qr, sr)) in qc.chunks_exact_mut(m.dim).zip(sc.iter_mut()).enumerate() {
+                    m.dequantize_row(t * CHUNK + i, &mut row);
+                    *sr = quantize_q8(&row, qr);
+                }
             });
         }
-        pool.run_chunks2(&mut q, CHUNK * m.dim, &mut scales, CHUNK, &|t, qc, sc| {
-            let mut row = vec![0f32; m.dim];
-            for (i, (qr, sr)) in qc.chunks_exact_mut(m.dim).zip(sc.iter_mut()).enumerate() {
-                m.dequantize_row(t * CHUNK + i, &mut row);
-                *sr = quantize_q8(&row, qr);
-            }
-        });
         Ok(Q8Head {
             rows: m.rows,
             dim: m.dim,
