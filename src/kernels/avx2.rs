@@ -353,18 +353,7 @@ pub unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
     // SAFETY (all arms): forwarded contract; the group size is out.len().
-    unsafe {
-        match out.len() {
-            1 => dot_f16_group_n::<1>(k, qs, out),
-            2 => dot_f16_group_n::<2>(k, qs, out),
-            3 => dot_f16_group_n::<3>(k, qs, out),
-            4 => dot_f16_group_n::<4>(k, qs, out),
-            5 => dot_f16_group_n::<5>(k, qs, out),
-            6 => dot_f16_group_n::<6>(k, qs, out),
-            7 => dot_f16_group_n::<7>(k, qs, out),
-            _ => dot_f16_group_n::<8>(k, qs, out),
-        }
-    }
+    unsafe { super::by_group!(out.len(), dot_f16_group_n(k, qs, out)) }
 }
 
 /// The grouped score kernel for a group of exactly `G` heads (the
@@ -591,18 +580,7 @@ pub unsafe fn weighted_sum(
     outs: &mut [f32],
 ) {
     // SAFETY (all arms): forwarded contract.
-    unsafe {
-        match g {
-            1 => weighted_sum_n::<1>(a, a_stride, v, row_stride, n, hd, outs),
-            2 => weighted_sum_n::<2>(a, a_stride, v, row_stride, n, hd, outs),
-            3 => weighted_sum_n::<3>(a, a_stride, v, row_stride, n, hd, outs),
-            4 => weighted_sum_n::<4>(a, a_stride, v, row_stride, n, hd, outs),
-            5 => weighted_sum_n::<5>(a, a_stride, v, row_stride, n, hd, outs),
-            6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
-            7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
-            _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
-        }
-    }
+    unsafe { super::by_group!(g, weighted_sum_n(a, a_stride, v, row_stride, n, hd, outs)) }
 }
 
 /// [`super::scalar::attn_scores`] for `g` in 1..=8.
@@ -625,16 +603,10 @@ pub unsafe fn attn_scores(
 ) {
     // SAFETY (all arms): forwarded contract.
     unsafe {
-        match g {
-            1 => scores_n::<1>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            2 => scores_n::<2>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            3 => scores_n::<3>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            4 => scores_n::<4>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            5 => scores_n::<5>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            6 => scores_n::<6>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            7 => scores_n::<7>(k, row_stride, n, qs, hd, scale, out, out_stride),
-            _ => scores_n::<8>(k, row_stride, n, qs, hd, scale, out, out_stride),
-        }
+        super::by_group!(
+            g,
+            scores_n(k, row_stride, n, qs, hd, scale, out, out_stride)
+        )
     }
 }
 

@@ -259,16 +259,7 @@ pub unsafe fn weighted_sum(
         if !hd.is_multiple_of(32) {
             return super::avx2::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs);
         }
-        match g {
-            1 => weighted_sum_n::<1>(a, a_stride, v, row_stride, n, hd, outs),
-            2 => weighted_sum_n::<2>(a, a_stride, v, row_stride, n, hd, outs),
-            3 => weighted_sum_n::<3>(a, a_stride, v, row_stride, n, hd, outs),
-            4 => weighted_sum_n::<4>(a, a_stride, v, row_stride, n, hd, outs),
-            5 => weighted_sum_n::<5>(a, a_stride, v, row_stride, n, hd, outs),
-            6 => weighted_sum_n::<6>(a, a_stride, v, row_stride, n, hd, outs),
-            7 => weighted_sum_n::<7>(a, a_stride, v, row_stride, n, hd, outs),
-            _ => weighted_sum_n::<8>(a, a_stride, v, row_stride, n, hd, outs),
-        }
+        super::by_group!(g, weighted_sum_n(a, a_stride, v, row_stride, n, hd, outs))
     }
 }
 

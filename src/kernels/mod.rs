@@ -31,6 +31,26 @@ pub mod avx512;
 pub mod neon;
 pub mod scalar;
 
+/// `$f::<G>(args)` for the head-group size `$g` (1..=8; larger is 8): the
+/// float kernels keep a group's sums in registers by its size.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_group {
+    ($g:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $g {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use by_group;
+
 /// A kernel family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
