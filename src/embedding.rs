@@ -1,13 +1,14 @@
 //! The token embedding / LM head matrix: `vocab` rows of `dim` values in
 //! F32, F16, Q8_0 or Q6_K, read in place from the GGUF map. Rows are
 //! dequantized for embedding lookups; the LM head is a multi-threaded
-//! `logits = E h` through the f16 and int8 kernels of [`crate::kernels`].
+//! `logits = E h` through the f16, Q8_0 and Q6_K kernels of
+//! [`crate::kernels`], its input converted as ggml converts it.
 
 use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::{dot_f16, dot_i8};
+use crate::kernels::{dot_f16, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -19,8 +20,8 @@ pub struct Matrix<'a> {
     pub data: &'a [u8],
 }
 
-const Q6K_BYTES: usize = 210;
-const Q8_0_BYTES: usize = 34;
+const Q6K_BYTES: usize = Q6K_BLOCK;
+const Q8_0_BYTES: usize = Q8_0_BLOCK;
 
 impl<'a> Matrix<'a> {
     pub fn new(ty: GgmlType, rows: usize, dim: usize, data: &'a [u8]) -> Result<Self> {
@@ -95,39 +96,112 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// `out[r] = row_r · x` for rows `rows`, single-threaded.
-    fn dot_rows(
-        &self,
-        rows: std::ops::Range<usize>,
-        x: &[f32],
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) {
-        for (o, r) in out.iter_mut().zip(rows) {
-            *o = match self.ty {
-                GgmlType::F16 => dot_f16(self.row(r), x),
-                _ => {
-                    self.dequantize_row(r, scratch);
-                    scratch.iter().zip(x).map(|(a, b)| a * b).sum()
-                }
-            };
-        }
-    }
-
-    /// `out = M x` over all rows, split over the pool.
+    /// `out = M x` over all rows, split over the pool, with `x` first
+    /// converted as ggml converts a matmul's activations for this weight
+    /// type: rounded to f16 for an F16 matrix, quantized to Q8_0 blocks for
+    /// Q8_0 and to Q8_K blocks for Q6_K (then integer dots), kept in f32
+    /// for F32.
     pub fn matvec(&self, x: &[f32], out: &mut [f32], pool: &ThreadPool) {
         assert!(x.len() == self.dim && out.len() >= self.rows);
+        let acts = Activations::for_type(self.ty, x);
         const CHUNK: usize = 512;
         pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
             let r0 = t * CHUNK;
-            let mut scratch = if self.ty == GgmlType::F16 {
-                Vec::new()
-            } else {
-                vec![0f32; self.dim]
-            };
-            self.dot_rows(r0..r0 + o.len(), x, o, &mut scratch);
+            for (o, r) in o.iter_mut().zip(r0..) {
+                let row = self.row(r);
+                *o = match (&acts, self.ty) {
+                    (Activations::Float(x), GgmlType::F16) => dot_f16(row, x),
+                    (Activations::Float(x), _) => row
+                        .chunks_exact(4)
+                        .zip(x.iter())
+                        .map(|(b, v)| f32::from_le_bytes(b.try_into().unwrap()) * v)
+                        .sum(),
+                    (Activations::Blocks { q, d }, GgmlType::Q8_0) => dot_q8_0(row, q, d),
+                    (Activations::Blocks { q, d }, _) => dot_q6k_q8k(row, q, d),
+                };
+            }
         });
     }
+}
+
+/// A matmul's activations in the form its weight type's dot takes.
+enum Activations {
+    Float(Vec<f32>),
+    /// int8 values with one f32 scale per block (32 for Q8_0, 256 for Q8_K).
+    Blocks { q: Vec<i8>, d: Vec<f32> },
+}
+
+impl Activations {
+    fn for_type(ty: GgmlType, x: &[f32]) -> Activations {
+        match ty {
+            GgmlType::F16 => {
+                Activations::Float(x.iter().map(|&v| f16::from_f32(v).to_f32()).collect())
+            }
+            GgmlType::Q8_0 => {
+                let (q, d) = quantize_q8_0(x);
+                Activations::Blocks { q, d }
+            }
+            GgmlType::Q6K => {
+                let (q, d) = quantize_q8k(x);
+                Activations::Blocks { q, d }
+            }
+            _ => Activations::Float(x.to_vec()),
+        }
+    }
+}
+
+/// ggml's `nearest_int`: round half to even (for |v| < 2^22).
+fn nearest_int(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+/// `x` as Q8_0 blocks the way ggml's x86 `quantize_row_q8_0` makes them:
+/// per 32 values `d = max|x| / 127` (kept as f16, which the dot uses),
+/// `q = round_half_even(x · 127/max|x|)`.
+pub fn quantize_q8_0(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let d = x
+        .chunks(32)
+        .zip(q.chunks_mut(32))
+        .map(|(b, qb)| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            for (o, &v) in qb.iter_mut().zip(b) {
+                *o = nearest_int(v * id) as i8;
+            }
+            f16::from_f32(amax / 127.0).to_f32()
+        })
+        .collect();
+    (q, d)
+}
+
+/// `x` as Q8_K blocks as ggml's `quantize_row_q8_K_ref`: per 256 values
+/// `iscale = -127 / x_m` with `x_m` the value of largest magnitude,
+/// `q = min(127, round_half_even(iscale · x))`, `d = 1 / iscale` (f32).
+pub fn quantize_q8k(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let d = x
+        .chunks(256)
+        .zip(q.chunks_mut(256))
+        .map(|(b, qb)| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in b {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                return 0.0;
+            }
+            let iscale = -127.0 / max;
+            for (o, &v) in qb.iter_mut().zip(b) {
+                *o = nearest_int(iscale * v).min(127) as i8;
+            }
+            1.0 / iscale
+        })
+        .collect();
+    (q, d)
 }
 
 fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {

@@ -24,9 +24,6 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub const MAX_DIMS: usize = 4;
 
-/// Architectures whose files use the bitnet.cpp fork's type ids.
-pub const BITNET_ARCHS: [&str; 3] = ["bitnet-25", "bitnet-b1.58", "bitnet"];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,11 +162,11 @@ mod tests {
         let mut b = sample();
         b[at + 4 + 8 + 4..at + 4 + 8 + 4 + 8].copy_from_slice(&0u64.to_le_bytes());
         assert!(err(b).contains("overlap"));
-        // Type 36 in a non-BitNet file.
+        // Type 39 (TL2 in bitnet.cpp files, MXFP4 upstream): refused, naming I2_S.
         let mut b = sample();
-        let a = b.windows(12).position(|w| w == b"bitnet-b1.58").unwrap();
-        b[a..a + 12].copy_from_slice(b"llama-b1.58x");
-        assert!(err(b).contains("only known in BitNet files"));
+        b[at + 4 + 8..at + 4 + 8 + 4].copy_from_slice(&39u32.to_le_bytes());
+        let e = err(b);
+        assert!(e.contains("TL2") && e.contains("I2_S"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::types::{vt, Array, GgmlType, TensorInfo, Value};
-use super::{BITNET_ARCHS, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
+use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::error::{Error, Result};
 
 enum Storage {
@@ -249,10 +249,6 @@ impl Gguf {
             }
             metadata.push((key, v));
         }
-        let arch = index
-            .get("general.architecture")
-            .and_then(|&i| metadata[i].1.as_str());
-        let bitnet = arch.is_some_and(|a| BITNET_ARCHS.contains(&a));
         let alignment = match index.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(&i) => metadata[i]
@@ -286,13 +282,8 @@ impl Gguf {
                 dims.push(d);
             }
             let id = c.u32(&what)?;
-            let ty = GgmlType::from_id(id, bitnet).ok_or_else(|| {
-                Error::format(if (36..=39).contains(&id) && !bitnet {
-                    format!("tensor '{name}' has type {id}, which is only known in BitNet files (architecture {arch:?})")
-                } else {
-                    format!("tensor '{name}' has unknown type {id}")
-                })
-            })?;
+            let ty = GgmlType::from_id(id)
+                .ok_or_else(|| Error::format(format!("tensor '{name}' has unknown type {id}")))?;
             let offset = c.u64(&what)?;
             let size = ty.tensor_bytes(&dims).map_err(|e| {
                 Error::format(format!("tensor '{name}' ({ty}, dims {dims:?}): {e}"))

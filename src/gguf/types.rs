@@ -38,8 +38,11 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
-    /// The type for an id, given whether the file is a BitNet file.
-    pub fn from_id(id: u32, bitnet: bool) -> Option<GgmlType> {
+    /// The type for an id. Ids 36..=39 are bitnet.cpp's (its converter
+    /// writes I2_S = 36 for every architecture it supports, `llama`
+    /// included); upstream ggml never stored its own 36..=38 in files, and
+    /// its 39 (MXFP4) is refused with TL2 (see [`GgmlType::tensor_bytes`]).
+    pub fn from_id(id: u32) -> Option<GgmlType> {
         use GgmlType::*;
         Some(match id {
             0 => F32,
@@ -64,10 +67,10 @@ impl GgmlType {
             30 => BF16,
             34 => TQ1_0,
             35 => TQ2_0,
-            36 if bitnet => I2S,
-            37 if bitnet => I8S,
-            38 if bitnet => TL1,
-            39 if bitnet => TL2,
+            36 => I2S,
+            37 => I8S,
+            38 => TL1,
+            39 => TL2,
             _ => return None,
         })
     }
@@ -147,9 +150,11 @@ impl GgmlType {
                 }
                 Ok(n / 4 + 32)
             }
-            GgmlType::TL1 | GgmlType::TL2 => Err(
-                "TL1/TL2 tensors only work with the bitnet.cpp build that generated them".into(),
-            ),
+            GgmlType::TL1 | GgmlType::TL2 => Err(format!(
+                "{self} is a bitnet.cpp lookup-table format tied to the kernel parameters of the build that wrote it; \
+                 use the model's I2_S GGUF instead (bitnet.cpp: setup_env.py -q i2_s){}",
+                if self == GgmlType::TL2 { " (type 39 is MXFP4 in upstream llama.cpp files, not supported either)" } else { "" }
+            )),
             t => {
                 let (bs, ts) = t.block().expect("regular type");
                 if dims.first().is_none_or(|&d| d % bs != 0) {

@@ -314,6 +314,39 @@ pub unsafe fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
     }
 }
 
+/// [`super::scalar::dot_q8_0`]: per block the exact int32 products in 8
+/// lanes, converted and accumulated with the block's scale product by FMA
+/// (the order of ggml's AVX2 `vec_dot_q8_0_q8_0`).
+///
+/// # Safety
+/// AVX2 and FMA are present.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    use super::scalar::Q8_0_BLOCK;
+    let n = (row.len() / Q8_0_BLOCK).min(xq.len() / 32).min(xd.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for b in 0..n {
+        let blk = &row[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
+        let dw = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+        // SAFETY: the block holds 2 + 32 bytes and xq 32 from b*32.
+        let (w, x) = unsafe {
+            (
+                _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i),
+                _mm256_loadu_si256(xq.as_ptr().add(b * 32) as *const __m256i),
+            )
+        };
+        // |w| * sign(x, w): exact in int16 pairs (|w| <= 128, |x| <= 127).
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[b]), q, acc);
+    }
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
 /// # Safety
 /// AVX2 is present.
 #[target_feature(enable = "avx2")]

@@ -442,6 +442,7 @@ pub struct FloatKernels {
     pub dot_f16: fn(&[u8], &[f32]) -> f32,
     pub axpy_f16: fn(f32, &[u8], &mut [f32]),
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
+    pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
     /// Requires `hd` (the key row's length) to be a multiple of 8.
     pub dot_f16_group: fn(&[u8], &[f32], &mut [f32]),
     /// Requires `hd` to be a multiple of 8.
@@ -459,6 +460,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16: scalar::dot_f16,
     axpy_f16: scalar::axpy_f16,
     dot_i8: scalar::dot_i8,
+    dot_q8_0: scalar::dot_q8_0,
     dot_f16_group: scalar::dot_f16_group,
     weighted_sum: scalar::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
@@ -474,6 +476,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
     dot_f16: |r, x| unsafe { avx2::dot_f16(r, x) },
     axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
+    dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
     dot_f16_group: |k, q, o| unsafe { avx2::dot_f16_group(k, q, o) },
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
@@ -501,6 +504,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16: neon::dot_f16,
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
+    dot_q8_0: scalar::dot_q8_0,
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
     softmax_round_f16: neon::softmax_round_f16,
@@ -543,6 +547,14 @@ pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     (float().dot_i8)(a, b)
 }
+
+/// A Q8_0 row (ggml blocks of an f16 scale and 32 int8) against Q8_0
+/// activations `xq` with block scales `xd` (see [`scalar::dot_q8_0`]).
+pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    (float().dot_q8_0)(row, xq, xd)
+}
+
+pub use scalar::{dot_q6k_q8k, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Most query heads that one attention kernel call serves.
 pub const MAX_GROUP: usize = 8;

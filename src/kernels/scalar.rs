@@ -101,6 +101,49 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
 
+/// Bytes of a Q8_0 block: an f16 scale, then 32 int8 values.
+pub const Q8_0_BLOCK: usize = 34;
+/// Bytes of a Q6_K block (256 weights).
+pub const Q6K_BLOCK: usize = 210;
+
+/// A Q8_0 row (ggml blocks) against Q8_0 activations `xq` with block scales
+/// `xd`: `Σ_b d_w·xd_b · Σ q_w·q_x`, as ggml's `vec_dot_q8_0_q8_0`.
+pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for ((blk, q), &d) in row.chunks_exact(Q8_0_BLOCK).zip(xq.chunks_exact(32)).zip(xd) {
+        let s: i32 = blk[2..].iter().zip(q).map(|(&w, &x)| w as i8 as i32 * x as i32).sum();
+        acc += f16_at(blk, 0) * d * s as f32;
+    }
+    acc
+}
+
+/// A Q6_K row against Q8_K activations `xq` with block scales `xd` (256
+/// values per block): per block `d_w·xd · Σ_j sc_j Σ_i (q6_i - 32)·q8_i`,
+/// the integer sum exact, as ggml's `vec_dot_q6_K_q8_K`.
+pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for ((b, x), &d) in row.chunks_exact(Q6K_BLOCK).zip(xq.chunks_exact(256)).zip(xd) {
+        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+        let mut isum = 0i32;
+        for half in 0..2 {
+            let (ql, qh, sc, x) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..], &x[128 * half..]);
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                isum += sc[is] as i8 as i32 * q1 * x[l] as i32
+                    + sc[is + 2] as i8 as i32 * q2 * x[l + 32] as i32
+                    + sc[is + 4] as i8 as i32 * q3 * x[l + 64] as i32
+                    + sc[is + 6] as i8 as i32 * q4 * x[l + 96] as i32;
+            }
+        }
+        acc += f16_at(b, 104) * d * isum as f32; // bytes 208..210
+    }
+    acc
+}
+
 /// `out[j] = k · qs[j]` for the `out.len()` query rows stored back to back.
 pub fn dot_f16_group(k: &[u8], qs: &[f32], out: &mut [f32]) {
     let hd = k.len() / 2;

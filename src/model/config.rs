@@ -1,15 +1,74 @@
-//! The model's hyperparameters, read and checked from the GGUF metadata.
+//! The model's hyperparameters, read and checked from the GGUF metadata,
+//! and the graph [`Family`] its architecture names.
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
 
-/// Architectures this runner accepts (same graph).
-pub const ARCHITECTURES: [&str; 2] = ["bitnet-25", "bitnet-b1.58"];
+/// Architectures this runner accepts.
+pub const ARCHITECTURES: [&str; 4] = ["bitnet-25", "bitnet-b1.58", "bitnet", "llama"];
+
+/// The graphs bitnet.cpp runs over I2_S weights. They share the ternary
+/// matmuls (int8 activations per token), the f16 KV cache and attention;
+/// they differ in what surrounds them, which these properties describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `bitnet-b1.58` / `bitnet-25` (BitNet-b1.58-2B-4T): sub-norms before
+    /// the output and down projections, relu² gating, NEOX RoPE, the LM
+    /// head always `token_embd` (an `output.weight` is ignored, as
+    /// bitnet.cpp ignores it).
+    BitNet158,
+    /// `bitnet` (1bitLLM bitnet_b1_58-large / -3B): sub-norms, SiLU gating,
+    /// NEOX RoPE, optional per-matrix `*.scale` tensors, the head tied to
+    /// `token_embd` (a file with an `output.weight` is refused, as
+    /// bitnet.cpp refuses it).
+    BitNet,
+    /// `llama` with I2_S weights (Llama3-8B-1.58, Falcon3 and Falcon-E
+    /// 1.58-bit): no sub-norms, SiLU gating, RoPE on adjacent pairs, the
+    /// head `output.weight` when present, else `token_embd`.
+    Llama,
+}
+
+impl Family {
+    pub fn of(arch: &str) -> Option<Family> {
+        match arch {
+            "bitnet-b1.58" | "bitnet-25" => Some(Family::BitNet158),
+            "bitnet" => Some(Family::BitNet),
+            "llama" => Some(Family::Llama),
+            _ => None,
+        }
+    }
+
+    /// Whether attention output and FFN hidden state are rmsnormed before
+    /// their projections (`attn_sub_norm`, `ffn_sub_norm`).
+    pub fn sub_norms(self) -> bool {
+        self != Family::Llama
+    }
+
+    /// The FFN gate activation: relu² (true) or SiLU.
+    pub fn relu_squared(self) -> bool {
+        self == Family::BitNet158
+    }
+
+    /// NEOX RoPE (pairs `i, i + n/2`) rather than adjacent pairs.
+    pub fn rope_neox(self) -> bool {
+        self != Family::Llama
+    }
+
+    /// A human name for `bitnet info`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Family::BitNet158 => "BitNet b1.58 (2B-4T graph: sub-norms, relu² FFN, tied head)",
+            Family::BitNet => "BitNet (1bitLLM graph: sub-norms, SiLU FFN, tied head)",
+            Family::Llama => "Llama with ternary I2_S weights (SiLU FFN, no sub-norms)",
+        }
+    }
+}
 
 /// Hyperparameters, all read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub arch: String,
+    pub family: Family,
     pub dim: usize,
     pub ffn_dim: usize,
     pub n_layers: usize,
@@ -20,6 +79,8 @@ pub struct Config {
     pub vocab_size: usize,
     pub ctx_len: usize,
     pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are multiplied by this (1 / factor).
+    pub rope_freq_scale: f32,
     pub eps: f32,
 }
 
@@ -28,16 +89,11 @@ impl Config {
         let arch = g
             .architecture()
             .ok_or_else(|| Error::format("general.architecture is missing"))?;
-        if arch == "bitnet" {
-            return Err(Error::unsupported(
-                "architecture 'bitnet' (1bitLLM models) is an older, different graph; only bitnet-25 / bitnet-b1.58 are supported",
-            ));
-        }
-        if !ARCHITECTURES.contains(&arch) {
-            return Err(Error::unsupported(format!(
-                "architecture '{arch}' is not a BitNet b1.58 model (expected one of {ARCHITECTURES:?})"
-            )));
-        }
+        let family = Family::of(arch).ok_or_else(|| {
+            Error::unsupported(format!(
+                "architecture '{arch}' is not one this runner knows (expected one of {ARCHITECTURES:?})"
+            ))
+        })?;
         let key = |k: &str| format!("{arch}.{k}");
         let int = |k: &str| -> Result<usize> {
             let v = g
@@ -80,6 +136,14 @@ impl Config {
             )));
         }
         let head_dim = dim / n_heads;
+        for k in ["attention.key_length", "attention.value_length"] {
+            if g.get(&key(k)).is_some() && int(k)? != head_dim {
+                return Err(Error::unsupported(format!(
+                    "{} differs from embedding_length / head_count = {head_dim}",
+                    key(k)
+                )));
+            }
+        }
         if head_dim > 512 {
             return Err(Error::unsupported(format!(
                 "head size {head_dim} is above the supported 512"
@@ -89,7 +153,7 @@ impl Config {
             None => head_dim,
             Some(_) => int("rope.dimension_count")?,
         };
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
+        if rope_dim > head_dim || rope_dim % 2 != 0 || (family == Family::Llama && rope_dim != head_dim) {
             return Err(Error::format(format!(
                 "rope.dimension_count {rope_dim} does not fit head size {head_dim}"
             )));
@@ -105,8 +169,28 @@ impl Config {
                 }
             },
         };
+        let scaling = g.get_str(&key("rope.scaling.type")).unwrap_or("none");
+        if !matches!(scaling, "none" | "linear") {
+            return Err(Error::unsupported(format!(
+                "RoPE scaling '{scaling}' is not supported (none and linear are)"
+            )));
+        }
+        let factor = match g.get(&key("rope.scaling.factor")) {
+            Some(_) => float("rope.scaling.factor", 1.0)?,
+            None => float("rope.scale_linear", 1.0)?,
+        };
+        if let Some(v) = g.get(&key("rope.scaling.attn_factor")) {
+            if v.as_f64() != Some(1.0) {
+                return Err(Error::unsupported(format!(
+                    "{} = {v:?} is not supported",
+                    key("rope.scaling.attn_factor")
+                )));
+            }
+        }
         Ok(Config {
             arch: arch.to_string(),
+            family,
+            rope_freq_scale: 1.0 / factor,
             dim,
             ffn_dim: int("feed_forward_length")?,
             n_layers: int("block_count")?,

@@ -10,7 +10,7 @@ use half::f16;
 
 use super::attention::{self, Scratch};
 use super::kv_cache::KvCache;
-use super::ops::{rmsnorm, rmsnorm_inplace, rmsnorm_rows, rope};
+use super::ops::{rmsnorm, rmsnorm_inplace, rmsnorm_rows, scale};
 use super::Model;
 use crate::error::{Error, Result};
 use crate::matmul::{self, ActBatch};
@@ -225,7 +225,8 @@ impl<'m> Session<'m> {
     }
 
     /// `x += Wo · attention(rope(Wq xn), rope(Wk xn), Wv xn)` with
-    /// `xn = rmsnorm(x)`, the attention output rmsnormed before `Wo`.
+    /// `xn = rmsnorm(x)`, the attention output rmsnormed before `Wo` in the
+    /// BitNet families (each product times its `*.scale` where a file has one).
     fn attention_block(&mut self, l: usize, t_n: usize) {
         let m = self.model;
         let (c, layer) = (&m.config, &m.layers[l]);
@@ -248,25 +249,16 @@ impl<'m> Session<'m> {
             &self.acts_dim,
             &self.pool,
         );
+        scale(&mut self.q[..t_n * dim], layer.scales.q);
+        scale(&mut self.k[..t_n * kv], layer.scales.k);
+        scale(&mut self.v[..t_n * kv], layer.scales.v);
         self.timings.ternary += Self::since(s);
 
         let s = self.clock();
         for t in 0..t_n {
             let p = self.pos + t;
-            rope(
-                &mut self.q[t * dim..(t + 1) * dim],
-                c.head_dim,
-                c.rope_dim,
-                p,
-                c.rope_theta,
-            );
-            rope(
-                &mut self.k[t * kv..(t + 1) * kv],
-                c.head_dim,
-                c.rope_dim,
-                p,
-                c.rope_theta,
-            );
+            m.rope.apply(&mut self.q[t * dim..(t + 1) * dim], p);
+            m.rope.apply(&mut self.k[t * kv..(t + 1) * kv], p);
             self.cache.store(
                 l,
                 p,
@@ -289,19 +281,24 @@ impl<'m> Session<'m> {
         );
         self.timings.attention += Self::since(s);
 
-        for a in self.att[..t_n * dim].chunks_exact_mut(dim) {
-            rmsnorm_inplace(a, &layer.attn_sub_norm, c.eps);
+        if let Some(w) = &layer.attn_sub_norm {
+            for a in self.att[..t_n * dim].chunks_exact_mut(dim) {
+                rmsnorm_inplace(a, w, c.eps);
+            }
         }
         let s = self.clock();
         self.acts_dim.quantize(&self.att[..t_n * dim]);
         matmul::matmul(&layer.wo, &self.acts_dim, &mut self.xb2, &self.pool);
+        scale(&mut self.xb2[..t_n * dim], layer.scales.o);
         self.timings.ternary += Self::since(s);
         for (x, d) in self.x[..t_n * dim].iter_mut().zip(&self.xb2) {
             *x += d;
         }
     }
 
-    /// `x += Wdown · rmsnorm(relu(Wgate xn)² ⊙ Wup xn)` with `xn = rmsnorm(x)`.
+    /// `x += Wdown · rmsnorm(act(Wgate xn) ⊙ Wup xn)` with `xn = rmsnorm(x)`:
+    /// `act` is relu² in BitNet b1.58 and SiLU otherwise; the rmsnorm before
+    /// `Wdown` is the BitNet families' sub-norm.
     fn ffn_block(&mut self, l: usize, t_n: usize) {
         let m = self.model;
         let (c, layer) = (&m.config, &m.layers[l]);
@@ -323,18 +320,30 @@ impl<'m> Session<'m> {
             &self.acts_dim,
             &self.pool,
         );
+        scale(&mut self.hb[..t_n * ff], layer.scales.gate);
+        scale(&mut self.hb2[..t_n * ff], layer.scales.up);
         self.timings.ternary += Self::since(s);
 
-        for (g, u) in self.hb[..t_n * ff].iter_mut().zip(&self.hb2) {
-            let r = g.max(0.0);
-            *g = r * r * u;
+        let gates = self.hb[..t_n * ff].iter_mut().zip(&self.hb2);
+        if c.family.relu_squared() {
+            for (g, u) in gates {
+                let r = g.max(0.0);
+                *g = r * r * u;
+            }
+        } else {
+            for (g, u) in gates {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
         }
-        for h in self.hb[..t_n * ff].chunks_exact_mut(ff) {
-            rmsnorm_inplace(h, &layer.ffn_sub_norm, c.eps);
+        if let Some(w) = &layer.ffn_sub_norm {
+            for h in self.hb[..t_n * ff].chunks_exact_mut(ff) {
+                rmsnorm_inplace(h, w, c.eps);
+            }
         }
         let s = self.clock();
         self.acts_ffn.quantize(&self.hb[..t_n * ff]);
         matmul::matmul(&layer.w_down, &self.acts_ffn, &mut self.xb2, &self.pool);
+        scale(&mut self.xb2[..t_n * dim], layer.scales.down);
         self.timings.ternary += Self::since(s);
         for (x, d) in self.x[..t_n * dim].iter_mut().zip(&self.xb2) {
             *x += d;
@@ -342,8 +351,8 @@ impl<'m> Session<'m> {
     }
 
     /// Logits for token `t` of the last batch into `self.logits`: the final
-    /// rmsnorm, the hidden state rounded to f16 (as ggml's head input), the
-    /// LM head.
+    /// rmsnorm, then the LM head (which converts the hidden state as ggml
+    /// does for its type: f16 rounding for an F16 head).
     fn logits_for(&mut self, t: usize) {
         let s = self.clock();
         let m = self.model;
@@ -354,16 +363,18 @@ impl<'m> Session<'m> {
             &m.output_norm,
             m.config.eps,
         );
-        for h in self.hidden.iter_mut() {
-            *h = f16::from_f32(*h).to_f32();
-        }
         match &m.q8_head {
-            Some(h) => h.matvec(
-                &self.hidden,
-                &mut self.hidden_q,
-                &mut self.logits,
-                &self.pool,
-            ),
+            Some(h) => {
+                for h in self.hidden.iter_mut() {
+                    *h = f16::from_f32(*h).to_f32();
+                }
+                h.matvec(
+                    &self.hidden,
+                    &mut self.hidden_q,
+                    &mut self.logits,
+                    &self.pool,
+                )
+            }
             None => m
                 .head_matrix()
                 .matvec(&self.hidden, &mut self.logits, &self.pool),

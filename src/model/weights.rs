@@ -2,12 +2,14 @@
 //! layout (the only copy kept), norms as f32, the embedding and the LM head
 //! borrowed from the file's map (or an 8-bit copy of the head).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use half::f16;
 
-use super::config::Config;
+use super::config::{Config, Family};
+use super::ops::Rope;
 use crate::cache::PackedMatrix;
 use crate::embedding::{Matrix, Q8Head};
 use crate::error::{Error, Result};
@@ -21,12 +23,28 @@ pub(super) struct Layer {
     pub(super) wk: PackedMatrix,
     pub(super) wv: PackedMatrix,
     pub(super) wo: PackedMatrix,
-    pub(super) attn_sub_norm: Vec<f32>,
+    /// Present in the BitNet families.
+    pub(super) attn_sub_norm: Option<Vec<f32>>,
     pub(super) ffn_norm: Vec<f32>,
     pub(super) w_gate: PackedMatrix,
     pub(super) w_up: PackedMatrix,
     pub(super) w_down: PackedMatrix,
-    pub(super) ffn_sub_norm: Vec<f32>,
+    pub(super) ffn_sub_norm: Option<Vec<f32>>,
+    /// Factors on the matmul outputs from the optional `blk.N.*.scale`
+    /// tensors of arch `bitnet` (1.0 when absent).
+    pub(super) scales: Scales,
+}
+
+/// Output factors of a layer's seven matrices.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Scales {
+    pub(super) q: f32,
+    pub(super) k: f32,
+    pub(super) v: f32,
+    pub(super) o: f32,
+    pub(super) gate: f32,
+    pub(super) up: f32,
+    pub(super) down: f32,
 }
 
 /// A loaded model: weights and tokenizer.
@@ -37,6 +55,9 @@ pub struct Model {
     pub(super) embed: TensorInfo,
     pub(super) head: TensorInfo,
     pub(super) output_norm: Vec<f32>,
+    /// RoPE of the family, with the per-pair divisors of a
+    /// `rope_freqs.weight` (Llama 3.1 style files) if present.
+    pub(super) rope: Rope,
     pub(super) layers: Vec<Layer>,
     /// `tokenizer.chat_template`, if the file has one.
     pub chat_template: Option<String>,
@@ -52,6 +73,17 @@ pub struct LoadOptions {
     /// per token of an F16 head; logits differ slightly from bitnet.cpp's).
     pub q8_head: bool,
 }
+
+/// A layer's ternary matrices, by tensor name.
+const MATRICES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
 
 fn check_dims(t: &TensorInfo, want: &[u64]) -> Result<()> {
     if t.dims != want {
@@ -129,34 +161,95 @@ impl Model {
         check_dims(&embed, &[d, v])?;
         Matrix::new(embed.ty, c.vocab_size, c.dim, g.tensor_data(&embed))
             .map_err(|e| Error::new(e.kind, format!("token_embd.weight: {}", e.message)))?;
-        let head = match g.tensor_info("output.weight") {
-            Some(t) => {
+        let output = g.tensor_info("output.weight");
+        let head = match (c.family, output) {
+            (Family::Llama, Some(t)) => {
                 check_dims(t, &[d, v])?;
                 Matrix::new(t.ty, c.vocab_size, c.dim, g.tensor_data(t))
                     .map_err(|e| Error::new(e.kind, format!("output.weight: {}", e.message)))?;
                 t.clone()
             }
-            None => embed.clone(),
+            (Family::BitNet, Some(_)) => {
+                return Err(Error::format(
+                    "architecture 'bitnet' ties its LM head to token_embd, but the file has an output.weight (bitnet.cpp refuses such a file too)",
+                ))
+            }
+            // bitnet-b1.58 / bitnet-25 always use token_embd as the head.
+            _ => embed.clone(),
         };
         let output_norm = f32_vector(&g, "output_norm.weight", c.dim)?;
+        let rope_freqs = match g.tensor_info("rope_freqs.weight") {
+            Some(_) if c.family != Family::BitNet => {
+                Some(f32_vector(&g, "rope_freqs.weight", c.rope_dim / 2)?)
+            }
+            _ => None,
+        };
         let (kv, ff) = (c.kv_dim(), c.ffn_dim);
+        let sub = c.family.sub_norms();
+        // Every tensor name the graph reads (or, for output.weight in the
+        // bitnet-b1.58 graph, knowingly ignores).
+        let mut expected: HashSet<String> = ["token_embd.weight", "output_norm.weight"]
+            .map(String::from)
+            .into();
+        if c.family != Family::BitNet {
+            expected.extend(["output.weight", "rope_freqs.weight"].map(String::from));
+        }
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
+            let scale = |s: &str| -> Result<f32> {
+                let name = format!("blk.{l}.{s}.scale");
+                if c.family != Family::BitNet || g.tensor_info(&name).is_none() {
+                    return Ok(1.0);
+                }
+                Ok(f32_vector(&g, &name, 1)?[0])
+            };
+            let mut names = MATRICES.to_vec();
+            names.extend(["attn_norm", "ffn_norm"]);
+            if sub {
+                names.extend(["attn_sub_norm", "ffn_sub_norm"]);
+            }
+            expected.extend(names.iter().map(|s| n(s)));
+            if c.family == Family::BitNet {
+                expected.extend(MATRICES.iter().map(|s| format!("blk.{l}.{s}.scale")));
+            }
             layers.push(Layer {
                 attn_norm: f32_vector(&g, &n("attn_norm"), c.dim)?,
                 wq: ternary(&g, &n("attn_q"), c.dim, c.dim)?,
                 wk: ternary(&g, &n("attn_k"), c.dim, kv)?,
                 wv: ternary(&g, &n("attn_v"), c.dim, kv)?,
                 wo: ternary(&g, &n("attn_output"), c.dim, c.dim)?,
-                attn_sub_norm: f32_vector(&g, &n("attn_sub_norm"), c.dim)?,
+                attn_sub_norm: sub
+                    .then(|| f32_vector(&g, &n("attn_sub_norm"), c.dim))
+                    .transpose()?,
                 ffn_norm: f32_vector(&g, &n("ffn_norm"), c.dim)?,
                 w_gate: ternary(&g, &n("ffn_gate"), c.dim, ff)?,
                 w_up: ternary(&g, &n("ffn_up"), c.dim, ff)?,
                 w_down: ternary(&g, &n("ffn_down"), ff, c.dim)?,
-                ffn_sub_norm: f32_vector(&g, &n("ffn_sub_norm"), ff)?,
+                ffn_sub_norm: sub
+                    .then(|| f32_vector(&g, &n("ffn_sub_norm"), ff))
+                    .transpose()?,
+                scales: Scales {
+                    q: scale("attn_q")?,
+                    k: scale("attn_k")?,
+                    v: scale("attn_v")?,
+                    o: scale("attn_output")?,
+                    gate: scale("ffn_gate")?,
+                    up: scale("ffn_up")?,
+                    down: scale("ffn_down")?,
+                },
             });
         }
+        // Like llama.cpp, refuse tensors the graph would not read (biases,
+        // experts, more layers...): ignoring them would compute another
+        // function than the file describes.
+        if let Some(t) = g.tensors().iter().find(|t| !expected.contains(&t.name)) {
+            return Err(Error::unsupported(format!(
+                "tensor '{}' is not part of the '{}' graph this runner computes",
+                t.name, c.arch
+            )));
+        }
+        let rope = Rope::new(c, rope_freqs.as_deref());
         let chat_template = g.get_str("tokenizer.chat_template").map(str::to_string);
         Ok(Model {
             config,
@@ -165,6 +258,7 @@ impl Model {
             embed,
             head,
             output_norm,
+            rope,
             layers,
             chat_template,
             q8_head: None,
