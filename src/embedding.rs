@@ -128,7 +128,10 @@ impl<'a> Matrix<'a> {
 enum Activations {
     Float(Vec<f32>),
     /// int8 values with one f32 scale per block (32 for Q8_0, 256 for Q8_K).
-    Blocks { q: Vec<i8>, d: Vec<f32> },
+    Blocks {
+        q: Vec<i8>,
+        d: Vec<f32>,
+    },
 }
 
 impl Activations {
@@ -358,6 +361,60 @@ mod tests {
                 "row {r}: {} vs {} (bound {bound})",
                 exact[r],
                 approx[r]
+            );
+        }
+    }
+
+    /// The Q8_0 and Q6_K heads: ggml's activation quantizations, and the
+    /// integer dots equal to the dequantized weights times the dequantized
+    /// activations (which checks the Q6_K index layout).
+    #[test]
+    fn q8_0_and_q6k_heads_take_ggml_activations() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.6)
+            .collect();
+        let (q, d) = quantize_q8_0(&x);
+        assert_eq!((q.len(), d.len()), (512, 16));
+        for (b, xs) in x.chunks(32).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(d[b], f16::from_f32(amax / 127.0).to_f32());
+            for (i, &v) in xs.iter().enumerate() {
+                assert_eq!(q[b * 32 + i] as f32, (v * (127.0 / amax)).round_ties_even());
+            }
+        }
+        // A tie rounds to even, as _mm256_round_ps does.
+        let mut tie = vec![0f32; 32];
+        tie[0] = 127.0;
+        tie[1] = 2.5;
+        assert_eq!(quantize_q8_0(&tie).0[1], 2);
+        let (q8, d8) = quantize_q8k(&x);
+        assert_eq!(d8.len(), 2);
+        assert!(q8.iter().all(|&v| v >= -127));
+        // Random Q6_K blocks.
+        let (rows, dim) = (3usize, 512usize);
+        let data: Vec<u8> = (0..rows * dim / 256)
+            .flat_map(|b| {
+                let mut blk: Vec<u8> = (0..208).map(|i| ((b * 131 + i * 29) % 256) as u8).collect();
+                blk.extend(
+                    f16::from_f32(0.003 * (b as f32 + 1.0))
+                        .to_bits()
+                        .to_le_bytes(),
+                );
+                blk
+            })
+            .collect();
+        let m = Matrix::new(GgmlType::Q6K, rows, dim, &data).unwrap();
+        let mut out = vec![0f32; rows];
+        m.matvec(&x, &mut out, &ThreadPool::new(1));
+        let mut w = vec![0f32; dim];
+        for (r, &o) in out.iter().enumerate() {
+            m.dequantize_row(r, &mut w);
+            let want: f64 = (0..dim)
+                .map(|i| w[i] as f64 * d8[i / 256] as f64 * q8[i] as f64)
+                .sum();
+            assert!(
+                (o as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "row {r}: {o} vs {want}"
             );
         }
     }

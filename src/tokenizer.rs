@@ -599,7 +599,10 @@ impl Spm {
             sym.next = (i + 1 < n).then_some(i + 1);
         }
         let mut queue = BinaryHeap::new();
-        let try_add = |syms: &[Symbol], queue: &mut BinaryHeap<Bigram>, l: Option<usize>, r: Option<usize>| {
+        let try_add = |syms: &[Symbol],
+                       queue: &mut BinaryHeap<Bigram>,
+                       l: Option<usize>,
+                       r: Option<usize>| {
             let (Some(l), Some(r)) = (l, r) else { return };
             let (a, b) = (syms[l], syms[r]);
             let text = &s[a.start..a.start + a.len + b.len];

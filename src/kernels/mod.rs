@@ -912,6 +912,38 @@ pub(crate) mod tests {
                     "{name} dot_i8 n={n}"
                 );
             }
+            // Q8_0 rows (weights -128..=127, scales of both signs) against
+            // Q8_0 activations: the scalar twin, and its definition in f64.
+            for blocks in [1usize, 3, 80] {
+                let row: Vec<u8> = (0..blocks)
+                    .flat_map(|b| {
+                        let d = half::f16::from_f32(0.01 * (b as f32 - 1.5));
+                        let mut blk = d.to_bits().to_le_bytes().to_vec();
+                        blk.extend((0..32).map(|i| ((b * 31 + i * 57) % 256) as u8));
+                        blk
+                    })
+                    .collect();
+                let xq: Vec<i8> = (0..blocks * 32)
+                    .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
+                    .collect();
+                let xd: Vec<f32> = (0..blocks).map(|b| 0.02 + b as f32 * 1e-3).collect();
+                let want: f64 = (0..blocks)
+                    .map(|b| {
+                        let blk = &row[b * 34..(b + 1) * 34];
+                        let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f64();
+                        let s: i64 = (0..32)
+                            .map(|i| blk[2 + i] as i8 as i64 * xq[b * 32 + i] as i64)
+                            .sum();
+                        dw * xd[b] as f64 * s as f64
+                    })
+                    .sum();
+                let (got, sc) = ((t.dot_q8_0)(&row, &xq, &xd), (s.dot_q8_0)(&row, &xq, &xd));
+                let tol = 1e-5;
+                assert!(
+                    close(got, sc, tol) && close(sc, want as f32, tol),
+                    "{name} dot_q8_0 blocks={blocks}: {got} {sc} {want}"
+                );
+            }
             // Special f16 values convert exactly (NaN compares as NaN).
             let specials = [
                 0.0f32,

@@ -110,8 +110,16 @@ pub const Q6K_BLOCK: usize = 210;
 /// `xd`: `Σ_b d_w·xd_b · Σ q_w·q_x`, as ggml's `vec_dot_q8_0_q8_0`.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
-    for ((blk, q), &d) in row.chunks_exact(Q8_0_BLOCK).zip(xq.chunks_exact(32)).zip(xd) {
-        let s: i32 = blk[2..].iter().zip(q).map(|(&w, &x)| w as i8 as i32 * x as i32).sum();
+    for ((blk, q), &d) in row
+        .chunks_exact(Q8_0_BLOCK)
+        .zip(xq.chunks_exact(32))
+        .zip(xd)
+    {
+        let s: i32 = blk[2..]
+            .iter()
+            .zip(q)
+            .map(|(&w, &x)| w as i8 as i32 * x as i32)
+            .sum();
         acc += f16_at(blk, 0) * d * s as f32;
     }
     acc
@@ -122,11 +130,20 @@ pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 /// the integer sum exact, as ggml's `vec_dot_q6_K_q8_K`.
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
-    for ((b, x), &d) in row.chunks_exact(Q6K_BLOCK).zip(xq.chunks_exact(256)).zip(xd) {
+    for ((b, x), &d) in row
+        .chunks_exact(Q6K_BLOCK)
+        .zip(xq.chunks_exact(256))
+        .zip(xd)
+    {
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
         let mut isum = 0i32;
         for half in 0..2 {
-            let (ql, qh, sc, x) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..], &x[128 * half..]);
+            let (ql, qh, sc, x) = (
+                &ql[64 * half..],
+                &qh[32 * half..],
+                &sc[8 * half..],
+                &x[128 * half..],
+            );
             for l in 0..32 {
                 let is = l / 16;
                 let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;

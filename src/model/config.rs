@@ -153,7 +153,10 @@ impl Config {
             None => head_dim,
             Some(_) => int("rope.dimension_count")?,
         };
-        if rope_dim > head_dim || rope_dim % 2 != 0 || (family == Family::Llama && rope_dim != head_dim) {
+        if rope_dim > head_dim
+            || rope_dim % 2 != 0
+            || (family == Family::Llama && rope_dim != head_dim)
+        {
             return Err(Error::format(format!(
                 "rope.dimension_count {rope_dim} does not fit head size {head_dim}"
             )));

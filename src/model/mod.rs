@@ -24,6 +24,6 @@ mod ops;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Config, ARCHITECTURES};
+pub use config::{Config, Family, ARCHITECTURES};
 pub use session::{Session, Timings};
 pub use weights::{LoadOptions, Model};

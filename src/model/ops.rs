@@ -69,7 +69,11 @@ impl Rope {
         }
         for head in x.chunks_exact_mut(self.head_dim) {
             for (i, &(cos, sin)) in cs.iter().take(half).enumerate() {
-                let (a, b) = if self.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                let (a, b) = if self.neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * cos - x1 * sin;
                 head[b] = x0 * sin + x1 * cos;

@@ -7,6 +7,38 @@ use crate::gguf::{self, TensorSpec};
 use crate::gguf::{Gguf, Value};
 use crate::synthetic::{self, Shape};
 
+/// `g` rewritten with `edit` applied to its metadata and `extra` tensors
+/// (spec, bytes) appended.
+fn rewrite(
+    g: &Gguf,
+    edit: impl Fn(&mut Vec<(String, Value)>),
+    extra: &[(TensorSpec, Vec<u8>)],
+) -> Result<Gguf> {
+    let mut md = g.metadata().to_vec();
+    edit(&mut md);
+    let mut specs: Vec<TensorSpec> = g
+        .tensors()
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+        })
+        .collect();
+    specs.extend(extra.iter().map(|(s, _)| s.clone()));
+    let n = g.tensors().len();
+    let mut bytes = Vec::new();
+    gguf::write(&mut bytes, &md, &specs, 32, &mut |i, w| {
+        if i < n {
+            w.write_all(g.tensor_data(&g.tensors()[i]))
+        } else {
+            w.write_all(&extra[i - n].1)
+        }
+    })
+    .unwrap();
+    Gguf::from_bytes(bytes)
+}
+
 /// A micro synthetic model, rewritten with `edit` applied to its metadata.
 fn micro_with(edit: impl Fn(&mut Vec<(String, Value)>)) -> Result<Model> {
     let path = std::env::temp_dir().join(format!(
@@ -17,23 +49,19 @@ fn micro_with(edit: impl Fn(&mut Vec<(String, Value)>)) -> Result<Model> {
     synthetic::write_model(&path, Shape::MICRO, None, 1, &mut |_, _| {}).unwrap();
     let g = Gguf::open(&path).unwrap();
     std::fs::remove_file(&path).ok();
-    let mut md = g.metadata().to_vec();
-    edit(&mut md);
-    let specs: Vec<TensorSpec> = g
-        .tensors()
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-        })
-        .collect();
-    let mut bytes = Vec::new();
-    gguf::write(&mut bytes, &md, &specs, 32, &mut |i, w| {
-        w.write_all(g.tensor_data(&g.tensors()[i]))
-    })
-    .unwrap();
-    Model::from_gguf(Arc::new(Gguf::from_bytes(bytes)?))
+    Model::from_gguf(Arc::new(rewrite(&g, edit, &[])?))
+}
+
+/// The metadata of another architecture (its keys renamed to match).
+fn rename_arch(md: &mut [(String, Value)], arch: &str) {
+    for (k, v) in md.iter_mut() {
+        if let Some(rest) = k.strip_prefix("bitnet-b1.58.") {
+            *k = format!("{arch}.{rest}");
+        }
+        if k == "general.architecture" {
+            *v = Value::String(arch.into());
+        }
+    }
 }
 
 fn set(md: &mut [(String, Value)], key: &str, v: Value) {
@@ -58,22 +86,32 @@ fn bad_models_are_rejected_with_clear_errors() {
         .err()
         .unwrap();
     assert!(e.message.contains("eos_token_id"), "{e}");
-    // A non-BitNet architecture: its I2_S tensors are refused already by the reader.
-    let e = micro_with(|md| set(md, "general.architecture", Value::String("llama".into())))
+    // Another family: the llama graph has no sub-norms, so their tensors are refused.
+    let e = micro_with(|md| rename_arch(md, "llama")).err().unwrap();
+    assert!(
+        e.message.contains("attn_sub_norm") && e.message.contains("not part of"),
+        "{e}"
+    );
+    let e = micro_with(|md| set(md, "general.architecture", Value::String("gpt2".into())))
         .err()
         .unwrap();
-    assert!(e.message.contains("only known in BitNet files"), "{e}");
+    assert!(e.message.contains("'gpt2'"), "{e}");
     let e = micro_with(|md| md.retain(|(k, _)| k != "general.architecture"))
         .err()
         .unwrap();
-    assert!(
-        e.message.contains("BitNet") || e.message.contains("architecture"),
-        "{e}"
-    );
-    let e = micro_with(|md| set(md, "general.architecture", Value::String("bitnet".into())))
-        .err()
-        .unwrap();
-    assert!(e.message.contains("older"), "{e}");
+    assert!(e.message.contains("architecture"), "{e}");
+    // The 1bitLLM graph reads the same tensors (its keys under its own name).
+    let m = micro_with(|md| rename_arch(md, "bitnet")).unwrap();
+    assert_eq!(m.config.family, Family::BitNet);
+    let e = micro_with(|md| {
+        md.push((
+            "bitnet-b1.58.rope.scaling.type".into(),
+            Value::String("yarn".into()),
+        ))
+    })
+    .err()
+    .unwrap();
+    assert!(e.message.contains("yarn"), "{e}");
     let e = micro_with(|md| md.retain(|(k, _)| k != "bitnet-b1.58.block_count"))
         .err()
         .unwrap();
@@ -107,7 +145,7 @@ fn q8_head_effect_on_reference_logits() {
         Model::load_with(dir.join("bitnet-tiny.gguf"), LoadOptions { q8_head: true }).unwrap();
     assert!(model.has_q8_head() && model.head_bytes() < 128256 * 256 * 2 * 6 / 10);
     let (mut diffs, mut agree, mut confident) = (Vec::new(), 0, 0);
-    for case in reference_cases(&dir) {
+    for case in reference_cases(&dir, "bitnet-tiny.ref.jsonl") {
         let mut s = Session::new(&model, 256, 64, 2).unwrap();
         s.forward_all(&case.seq, &mut |i, logits| {
             let pairs = &case.tops[i];
@@ -167,7 +205,7 @@ struct RefCase {
     tops: Vec<Vec<(usize, f32)>>,
 }
 
-fn reference_cases(dir: &Path) -> Vec<RefCase> {
+fn reference_cases(dir: &Path, file: &str) -> Vec<RefCase> {
     let top = |v: &serde_json::Value| -> Vec<(usize, f32)> {
         let pairs = v["top"].as_array().unwrap().iter();
         pairs
@@ -179,7 +217,7 @@ fn reference_cases(dir: &Path) -> Vec<RefCase> {
             })
             .collect()
     };
-    let refs = std::fs::read_to_string(dir.join("bitnet-tiny.ref.jsonl")).unwrap();
+    let refs = std::fs::read_to_string(dir.join(file)).unwrap();
     let mut cases = Vec::new();
     for line in refs.lines().filter(|l| !l.trim().is_empty()) {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -228,24 +266,21 @@ fn quantiles(mut v: Vec<f32>) -> (f32, f32, f32) {
 
 /// |logit difference| statistics against bitnet.cpp's top-10 at every
 /// position, teacher-forced over each reference prompt and its greedy
-/// continuation.
-#[test]
-fn reproduces_bitnet_cpp_logits() {
-    let Some(dir) = crate::testdata_dir() else {
-        eprintln!("SKIPPED model::reproduces_bitnet_cpp_logits: ../shared/testdata not found");
-        return;
-    };
-    let model = Model::load(dir.join("bitnet-tiny.gguf")).unwrap();
+/// continuation, for one fixture model: (median, p95, max).
+fn compare_with_reference(dir: &Path, model_file: &str, ref_file: &str) -> (f32, f32, f32) {
+    let model = Model::load(dir.join(model_file)).unwrap();
     let (mut diffs, mut checked_top1, mut positions) = (Vec::new(), 0, 0);
-    for case in reference_cases(&dir) {
+    for case in reference_cases(dir, ref_file) {
         let prompt = &case.prompt;
         assert_eq!(
-            model.tokenizer.encode(prompt, true, false),
+            model
+                .tokenizer
+                .encode(prompt, model.tokenizer.add_bos, false),
             case.tokens,
-            "tokens of {prompt:?}"
+            "{model_file}: tokens of {prompt:?}"
         );
         // (batch, threads, attention tasks per thread, split from): the
-        // fourth runs whole 4-head groups through the grouped attention
+        // fourth runs whole head groups through the grouped attention
         // kernels, the fifth splits every decoded token's positions over
         // the threads.
         for (batch, threads, per_thread, split) in [
@@ -263,8 +298,9 @@ fn reproduces_bitnet_cpp_logits() {
                 diffs.extend(pairs.iter().map(|&(id, want)| (logits[id] - want).abs()));
                 positions += 1;
                 if pairs[0].1 - pairs[1].1 > 1.0 {
-                    let ctx =
-                        format!("position {i} of {prompt:?}, batch {batch}, {threads} threads");
+                    let ctx = format!(
+                        "{model_file}: position {i} of {prompt:?}, batch {batch}, {threads} threads"
+                    );
                     assert_eq!(argmax(logits), pairs[0].0, "top-1 at {ctx}");
                     checked_top1 += 1;
                 }
@@ -273,15 +309,132 @@ fn reproduces_bitnet_cpp_logits() {
         }
     }
     let n = diffs.len();
-    let (median, p95, max) = quantiles(diffs);
+    let q = quantiles(diffs);
     println!(
-            "reference logits: {positions} positions over 5 batch/thread settings, {n} comparisons: median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 checked at {checked_top1}"
-        );
+        "{model_file}: {positions} positions over 5 batch/thread settings, {n} comparisons: median {:.4}, p95 {:.4}, max {:.4}; top-1 checked at {checked_top1}",
+        q.0, q.1, q.2
+    );
+    assert!(checked_top1 > 0);
+    q
+}
+
+#[test]
+fn reproduces_bitnet_cpp_logits() {
+    let Some(dir) = crate::testdata_dir() else {
+        eprintln!("SKIPPED model::reproduces_bitnet_cpp_logits: ../shared/testdata not found");
+        return;
+    };
+    let (median, p95, max) =
+        compare_with_reference(&dir, "bitnet-tiny.gguf", "bitnet-tiny.ref.jsonl");
     assert!(
         // Achieved: median 0.0000, p95 0.172, max 0.54 (f16 KV cache and
         // f32 summation order differ from ggml's); just above that.
         median <= 0.01 && p95 <= 0.22 && max <= 0.7,
         "median {median} p95 {p95} max {max}"
     );
-    assert!(checked_top1 > 0);
+}
+
+/// The other families bitnet.cpp runs: arch `bitnet` with a SentencePiece
+/// vocabulary, arch `llama` with I2_S weights and an untied Q8_0 head, and
+/// a Falcon3-like `llama` with a Q8_0 embedding and head size 128.
+#[test]
+fn reproduces_bitnet_cpp_logits_of_every_family() {
+    let Some(dir) = crate::testdata_dir() else {
+        eprintln!("SKIPPED model::reproduces_bitnet_cpp_logits_of_every_family: ../shared/testdata not found");
+        return;
+    };
+    // (name, p95 and max bounds): just above what is achieved (medians 0;
+    // p95 0.174 / 0.000 / 0.036; max 1.34 / 0.068 / 0.77), inside the
+    // issue's median 0.05 and p95 0.5.
+    for (name, p95_bound, max_bound) in [
+        ("bitnet-spm-tiny", 0.22, 1.7),
+        ("llama-i2s-tiny", 0.01, 0.1),
+        ("falcon3-i2s-tiny", 0.06, 1.0),
+    ] {
+        let (median, p95, max) =
+            compare_with_reference(&dir, &format!("{name}.gguf"), &format!("{name}.ref.jsonl"));
+        assert!(
+            median <= 0.01 && p95 <= p95_bound && max <= max_bound,
+            "{name}: median {median} p95 {p95} max {max}"
+        );
+    }
+}
+
+/// Arch `bitnet`'s optional `blk.N.*.scale` tensors multiply the matmul
+/// outputs: scales of 1 change nothing, and with the output and down
+/// projections scaled by 0 every block adds nothing, so the logits are the
+/// head applied to the normed embedding, computed here independently.
+#[test]
+fn bitnet_scale_tensors_multiply_the_matmul_outputs() {
+    let Some(dir) = crate::testdata_dir() else {
+        eprintln!("SKIPPED model::bitnet_scale_tensors_multiply_the_matmul_outputs: ../shared/testdata not found");
+        return;
+    };
+    let g = Gguf::open(dir.join("bitnet-spm-tiny.gguf")).unwrap();
+    let with_scales = |f: &dyn Fn(&str) -> f32| {
+        let extra: Vec<_> = (0..2)
+            .flat_map(|l| {
+                [
+                    "attn_q",
+                    "attn_k",
+                    "attn_v",
+                    "attn_output",
+                    "ffn_gate",
+                    "ffn_up",
+                    "ffn_down",
+                ]
+                .map(|m| {
+                    let spec = TensorSpec {
+                        name: format!("blk.{l}.{m}.scale"),
+                        dims: vec![1],
+                        ty: crate::gguf::GgmlType::F32,
+                    };
+                    (spec, f(m).to_le_bytes().to_vec())
+                })
+            })
+            .collect();
+        Model::from_gguf(Arc::new(rewrite(&g, |_| {}, &extra).unwrap())).unwrap()
+    };
+    let tokens = [1u32, 450, 7483, 310, 3444, 338];
+    let logits = |m: &Model| {
+        let mut s = Session::new(m, 64, 8, 2).unwrap();
+        s.forward(&tokens).unwrap().to_vec()
+    };
+    let plain = Model::from_gguf(Arc::new(rewrite(&g, |_| {}, &[]).unwrap())).unwrap();
+    assert_eq!(logits(&plain), logits(&with_scales(&|_| 1.0)));
+    // (V alone would be normed away by the attention sub-norm; Q sets the
+    // softmax temperature.)
+    let halved = logits(&with_scales(&|m| if m == "attn_q" { 0.5 } else { 1.0 }));
+    assert!(
+        logits(&plain) != halved,
+        "a scale of 0.5 on Q changes the logits"
+    );
+
+    let zeroed = with_scales(&|m| {
+        if m == "attn_output" || m == "ffn_down" {
+            0.0
+        } else {
+            1.0
+        }
+    });
+    let got = logits(&zeroed);
+    let c = &zeroed.config;
+    let (mut e, mut h) = (vec![0f32; c.dim], vec![0f32; c.dim]);
+    zeroed
+        .embed_matrix()
+        .dequantize_row(*tokens.last().unwrap() as usize, &mut e);
+    super::ops::rmsnorm(&mut h, &e, &zeroed.output_norm, c.eps);
+    let mut want = vec![0f32; c.vocab_size];
+    zeroed
+        .head_matrix()
+        .matvec(&h, &mut want, &crate::threadpool::ThreadPool::new(1));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-3,
+        "logits differ from the head of the embedding by {worst}"
+    );
 }
