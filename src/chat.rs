@@ -1,8 +1,15 @@
-//! Chat prompt formats. bitnet.cpp's built-in `bitnet` template renders a
-//! turn as `System: {system}User: {user}<|eot_id|>Assistant: ` and ends the
-//! assistant's turn with `<|eot_id|>`. A GGUF whose `tokenizer.chat_template`
-//! is the Llama-3 header template gets that format instead (detected the way
-//! llama.cpp detects built-in templates; no Jinja engine).
+//! Chat prompt formats, detected from a GGUF's `tokenizer.chat_template`
+//! the way llama.cpp detects its built-in templates (no Jinja engine):
+//!
+//! - `bitnet` (bitnet.cpp's built-in, the default): a turn renders as
+//!   `System: {system}User: {user}<|eot_id|>Assistant: `, and the assistant's
+//!   turn ends with `<|eot_id|>`;
+//! - `llama3` (a template with `<|start_header_id|>`):
+//!   `<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>`;
+//! - `falcon3` (a template with `<|assistant|>` and `<|user|>`):
+//!   `<|role|>\n…\n`, the assistant's turn ended by the model's EOS;
+//! - `falcon_e` (a file whose pre-tokenizer is `falcon_e`, or the template
+//!   named so): `{role}{content}\n`, replies after `assistant\n`.
 
 /// The turn format to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +18,10 @@ pub enum ChatFormat {
     Bitnet,
     /// `<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>`
     Llama3,
+    /// `<|system|>\n…\n<|user|>\n…\n<|assistant|>\n`
+    Falcon3,
+    /// `system…\nuser…\nassistant\n`
+    FalconE,
 }
 
 /// The default system prompt of `bitnet chat`.
@@ -18,10 +29,27 @@ pub const DEFAULT_SYSTEM: &str =
     "You are a helpful assistant. Think step by step before you answer.";
 
 impl ChatFormat {
-    /// Picks the format for a model's `tokenizer.chat_template`, if any.
-    pub fn detect(template: Option<&str>) -> ChatFormat {
+    /// A format by llama.cpp's template name.
+    pub fn by_name(name: &str) -> Option<ChatFormat> {
+        Some(match name {
+            "bitnet" => ChatFormat::Bitnet,
+            "llama3" => ChatFormat::Llama3,
+            "falcon3" => ChatFormat::Falcon3,
+            "falcon_e" => ChatFormat::FalconE,
+            _ => return None,
+        })
+    }
+
+    /// Picks the format for a model's `tokenizer.chat_template` (a Jinja
+    /// template or a built-in name) and `tokenizer.ggml.pre`.
+    pub fn detect(template: Option<&str>, pre: Option<&str>) -> ChatFormat {
+        if let Some(f) = template.and_then(Self::by_name) {
+            return f;
+        }
         match template {
             Some(t) if t.contains("<|start_header_id|>") => ChatFormat::Llama3,
+            Some(t) if t.contains("<|assistant|>") && t.contains("<|user|>") => ChatFormat::Falcon3,
+            _ if pre == Some("falcon_e") => ChatFormat::FalconE,
             _ => ChatFormat::Bitnet,
         }
     }
@@ -30,21 +58,20 @@ impl ChatFormat {
     /// ending where the assistant's reply begins. Special tokens appear as
     /// text: encode with special-token parsing on. BOS is not included.
     pub fn user_turn(self, system: Option<&str>, user: &str) -> String {
+        let system = system.filter(|s| !s.is_empty());
+        let mut s = String::new();
         match self {
             ChatFormat::Bitnet => {
-                let mut s = String::new();
-                if let Some(sys) = system.filter(|s| !s.is_empty()) {
+                if let Some(sys) = system {
                     s.push_str("System: ");
                     s.push_str(sys);
                 }
                 s.push_str("User: ");
                 s.push_str(user);
                 s.push_str("<|eot_id|>Assistant: ");
-                s
             }
             ChatFormat::Llama3 => {
-                let mut s = String::new();
-                if let Some(sys) = system.filter(|s| !s.is_empty()) {
+                if let Some(sys) = system {
                     s.push_str("<|start_header_id|>system<|end_header_id|>\n\n");
                     s.push_str(sys);
                     s.push_str("<|eot_id|>");
@@ -52,15 +79,32 @@ impl ChatFormat {
                 s.push_str("<|start_header_id|>user<|end_header_id|>\n\n");
                 s.push_str(user);
                 s.push_str("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-                s
+            }
+            ChatFormat::Falcon3 => {
+                if let Some(sys) = system {
+                    s.push_str(&format!("<|system|>\n{sys}\n"));
+                }
+                s.push_str(&format!("<|user|>\n{user}\n<|assistant|>\n"));
+            }
+            ChatFormat::FalconE => {
+                if let Some(sys) = system {
+                    s.push_str(&format!("system{sys}\n"));
+                }
+                s.push_str(&format!("user{user}\nassistant\n"));
             }
         }
+        s
     }
 
-    /// What closes the assistant's turn in the cache when generation stopped
-    /// without emitting it (e.g. at the token limit).
-    pub fn end_of_turn(self) -> &'static str {
-        "<|eot_id|>"
+    /// What closes the assistant's turn in the cache after its reply
+    /// (generation stops at the end-of-generation token without feeding
+    /// it): `eos` is the text of the vocabulary's EOS token.
+    pub fn end_of_turn(self, eos: &str) -> String {
+        match self {
+            ChatFormat::Bitnet | ChatFormat::Llama3 => "<|eot_id|>".into(),
+            ChatFormat::Falcon3 => format!("{eos}\n"),
+            ChatFormat::FalconE => "\n".into(),
+        }
     }
 }
 
@@ -70,7 +114,7 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(ChatFormat::detect(None), ChatFormat::Bitnet);
+        assert_eq!(ChatFormat::detect(None, None), ChatFormat::Bitnet);
         assert_eq!(
             ChatFormat::Bitnet.user_turn(Some("Be brief."), "Hi"),
             "System: Be brief.User: Hi<|eot_id|>Assistant: "
@@ -81,9 +125,38 @@ mod tests {
         );
         let t =
             "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{% endfor %}";
-        assert_eq!(ChatFormat::detect(Some(t)), ChatFormat::Llama3);
+        assert_eq!(
+            ChatFormat::detect(Some(t), Some("falcon_e")),
+            ChatFormat::Llama3
+        );
         assert!(ChatFormat::Llama3
             .user_turn(None, "Hi")
             .ends_with("assistant<|end_header_id|>\n\n"));
+        // Falcon3's template, as in its tokenizer_config (abridged).
+        let f3 = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}";
+        assert_eq!(
+            ChatFormat::detect(Some(f3), Some("falcon3")),
+            ChatFormat::Falcon3
+        );
+        assert_eq!(
+            ChatFormat::Falcon3.user_turn(Some("Be brief."), "Hi"),
+            "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"
+        );
+        assert_eq!(
+            ChatFormat::Falcon3.end_of_turn("<|endoftext|>"),
+            "<|endoftext|>\n"
+        );
+        assert_eq!(
+            ChatFormat::detect(None, Some("falcon_e")),
+            ChatFormat::FalconE
+        );
+        assert_eq!(
+            ChatFormat::detect(Some("falcon_e"), None),
+            ChatFormat::FalconE
+        );
+        assert_eq!(
+            ChatFormat::FalconE.user_turn(None, "Hi"),
+            "userHi\nassistant\n"
+        );
     }
 }

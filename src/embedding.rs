@@ -100,55 +100,64 @@ impl<'a> Matrix<'a> {
     /// converted as ggml converts a matmul's activations for this weight
     /// type: rounded to f16 for an F16 matrix, quantized to Q8_0 blocks for
     /// Q8_0 and to Q8_K blocks for Q6_K (then integer dots), kept in f32
-    /// for F32.
-    pub fn matvec(&self, x: &[f32], out: &mut [f32], pool: &ThreadPool) {
+    /// for F32. `acts` is scratch of the matrix's `dim` (allocation-free).
+    pub fn matvec(&self, x: &[f32], acts: &mut Activations, out: &mut [f32], pool: &ThreadPool) {
         assert!(x.len() == self.dim && out.len() >= self.rows);
-        let acts = Activations::for_type(self.ty, x);
+        acts.convert(self.ty, x);
+        let acts = &*acts;
         const CHUNK: usize = 512;
         pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
             let r0 = t * CHUNK;
             for (o, r) in o.iter_mut().zip(r0..) {
                 let row = self.row(r);
-                *o = match (&acts, self.ty) {
-                    (Activations::Float(x), GgmlType::F16) => dot_f16(row, x),
-                    (Activations::Float(x), _) => row
+                *o = match self.ty {
+                    GgmlType::F16 => dot_f16(row, &acts.float),
+                    GgmlType::Q8_0 => dot_q8_0(row, &acts.q, &acts.d),
+                    GgmlType::Q6K => dot_q6k_q8k(row, &acts.q, &acts.d),
+                    _ => row
                         .chunks_exact(4)
-                        .zip(x.iter())
+                        .zip(&acts.float)
                         .map(|(b, v)| f32::from_le_bytes(b.try_into().unwrap()) * v)
                         .sum(),
-                    (Activations::Blocks { q, d }, GgmlType::Q8_0) => dot_q8_0(row, q, d),
-                    (Activations::Blocks { q, d }, _) => dot_q6k_q8k(row, q, d),
                 };
             }
         });
     }
 }
 
-/// A matmul's activations in the form its weight type's dot takes.
-enum Activations {
-    Float(Vec<f32>),
-    /// int8 values with one f32 scale per block (32 for Q8_0, 256 for Q8_K).
-    Blocks {
-        q: Vec<i8>,
-        d: Vec<f32>,
-    },
+/// A matmul's activations in the form its weight type's dot takes: floats
+/// (f16-rounded for F16), or int8 values with one scale per block (32 for
+/// Q8_0, 256 for Q8_K).
+pub struct Activations {
+    float: Vec<f32>,
+    q: Vec<i8>,
+    d: Vec<f32>,
 }
 
 impl Activations {
-    fn for_type(ty: GgmlType, x: &[f32]) -> Activations {
+    /// Scratch for activations of `dim` values.
+    pub fn new(dim: usize) -> Activations {
+        Activations {
+            float: vec![0.0; dim],
+            q: vec![0; dim],
+            d: vec![0.0; dim.div_ceil(32)],
+        }
+    }
+
+    fn convert(&mut self, ty: GgmlType, x: &[f32]) {
+        let n = x.len();
+        self.float.resize(n, 0.0);
+        self.q.resize(n, 0);
+        self.d.resize(n.div_ceil(32), 0.0);
         match ty {
             GgmlType::F16 => {
-                Activations::Float(x.iter().map(|&v| f16::from_f32(v).to_f32()).collect())
+                for (o, &v) in self.float.iter_mut().zip(x) {
+                    *o = f16::from_f32(v).to_f32();
+                }
             }
-            GgmlType::Q8_0 => {
-                let (q, d) = quantize_q8_0(x);
-                Activations::Blocks { q, d }
-            }
-            GgmlType::Q6K => {
-                let (q, d) = quantize_q8k(x);
-                Activations::Blocks { q, d }
-            }
-            _ => Activations::Float(x.to_vec()),
+            GgmlType::Q8_0 => quantize_q8_0(x, &mut self.q, &mut self.d),
+            GgmlType::Q6K => quantize_q8k(x, &mut self.q, &mut self.d),
+            _ => self.float.copy_from_slice(x),
         }
     }
 }
@@ -160,51 +169,42 @@ fn nearest_int(v: f32) -> i32 {
 
 /// `x` as Q8_0 blocks the way ggml's x86 `quantize_row_q8_0` makes them:
 /// per 32 values `d = max|x| / 127` (kept as f16, which the dot uses),
-/// `q = round_half_even(x · 127/max|x|)`.
-pub fn quantize_q8_0(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; x.len()];
-    let d = x
-        .chunks(32)
-        .zip(q.chunks_mut(32))
-        .map(|(b, qb)| {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            for (o, &v) in qb.iter_mut().zip(b) {
-                *o = nearest_int(v * id) as i8;
-            }
-            f16::from_f32(amax / 127.0).to_f32()
-        })
-        .collect();
-    (q, d)
+/// `q = round_half_even(x · 127/max|x|)`, into `q` and `d`.
+pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((b, qb), d) in x.chunks(32).zip(q.chunks_mut(32)).zip(d) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, &v) in qb.iter_mut().zip(b) {
+            *o = nearest_int(v * id) as i8;
+        }
+        *d = f16::from_f32(amax / 127.0).to_f32();
+    }
 }
 
 /// `x` as Q8_K blocks as ggml's `quantize_row_q8_K_ref`: per 256 values
 /// `iscale = -127 / x_m` with `x_m` the value of largest magnitude,
-/// `q = min(127, round_half_even(iscale · x))`, `d = 1 / iscale` (f32).
-pub fn quantize_q8k(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; x.len()];
-    let d = x
-        .chunks(256)
-        .zip(q.chunks_mut(256))
-        .map(|(b, qb)| {
-            let (mut amax, mut max) = (0f32, 0f32);
-            for &v in b {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
+/// `q = min(127, round_half_even(iscale · x))`, `d = 1 / iscale` (f32),
+/// into `q` and `d`.
+pub fn quantize_q8k(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((b, qb), d) in x.chunks(256).zip(q.chunks_mut(256)).zip(d) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
             }
-            if amax == 0.0 {
-                return 0.0;
-            }
-            let iscale = -127.0 / max;
-            for (o, &v) in qb.iter_mut().zip(b) {
-                *o = nearest_int(iscale * v).min(127) as i8;
-            }
-            1.0 / iscale
-        })
-        .collect();
-    (q, d)
+        }
+        if amax == 0.0 {
+            qb.fill(0);
+            *d = 0.0;
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (o, &v) in qb.iter_mut().zip(b) {
+            *o = nearest_int(iscale * v).min(127) as i8;
+        }
+        *d = 1.0 / iscale;
+    }
 }
 
 fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {
@@ -345,7 +345,7 @@ mod tests {
         let h = Q8Head::from_matrix(&m, &pool).unwrap();
         let x: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.05).sin()).collect();
         let (mut exact, mut approx, mut xq) = (vec![0f32; rows], vec![0f32; rows], vec![0i8; dim]);
-        m.matvec(&x, &mut exact, &pool);
+        m.matvec(&x, &mut Activations::new(dim), &mut exact, &pool);
         h.matvec(&x, &mut xq, &mut approx, &pool);
         // Rounding bound: |Δ| <= dx/2·Σ|w| + dw/2·Σ|x| + dw·dx/4·dim.
         let ax: f32 = x.iter().map(|v| v.abs()).sum();
@@ -373,8 +373,8 @@ mod tests {
         let x: Vec<f32> = (0..512)
             .map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.6)
             .collect();
-        let (q, d) = quantize_q8_0(&x);
-        assert_eq!((q.len(), d.len()), (512, 16));
+        let (mut q, mut d) = (vec![0i8; 512], vec![0f32; 16]);
+        quantize_q8_0(&x, &mut q, &mut d);
         for (b, xs) in x.chunks(32).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             assert_eq!(d[b], f16::from_f32(amax / 127.0).to_f32());
@@ -386,9 +386,11 @@ mod tests {
         let mut tie = vec![0f32; 32];
         tie[0] = 127.0;
         tie[1] = 2.5;
-        assert_eq!(quantize_q8_0(&tie).0[1], 2);
-        let (q8, d8) = quantize_q8k(&x);
-        assert_eq!(d8.len(), 2);
+        let (mut tq, mut td) = (vec![0i8; 32], vec![0f32; 1]);
+        quantize_q8_0(&tie, &mut tq, &mut td);
+        assert_eq!(tq[1], 2);
+        let (mut q8, mut d8) = (vec![0i8; 512], vec![0f32; 2]);
+        quantize_q8k(&x, &mut q8, &mut d8);
         assert!(q8.iter().all(|&v| v >= -127));
         // Random Q6_K blocks.
         let (rows, dim) = (3usize, 512usize);
@@ -405,7 +407,12 @@ mod tests {
             .collect();
         let m = Matrix::new(GgmlType::Q6K, rows, dim, &data).unwrap();
         let mut out = vec![0f32; rows];
-        m.matvec(&x, &mut out, &ThreadPool::new(1));
+        m.matvec(
+            &x,
+            &mut Activations::new(dim),
+            &mut out,
+            &ThreadPool::new(1),
+        );
         let mut w = vec![0f32; dim];
         for (r, &o) in out.iter().enumerate() {
             m.dequantize_row(r, &mut w);

@@ -1,6 +1,8 @@
-//! Synthetic BitNet models in the official layout (architecture
-//! `bitnet-b1.58`, I2_S ternary weights with about 40% zeros, F16 tied
-//! embedding), so anyone can benchmark without downloading the real model.
+//! Synthetic ternary models in the layout bitnet.cpp's converter writes
+//! (I2_S weights with about 40% zeros, F16 embedding, and for the `llama`
+//! family an untied F16 `output.weight`), in the shape of each model
+//! family bitnet.cpp runs, so anyone can benchmark without downloading the
+//! real models.
 //! The vocabulary is copied from a GGUF, or, without one, made up: the 256
 //! byte tokens, BOS/EOS/`<|eot_id|>`, and reserved tokens up to the size.
 
@@ -12,10 +14,13 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::{self, Array, GgmlType, Gguf, TensorSpec, Value};
 use crate::i2s;
+use crate::model::Family;
 
 /// Model dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
+    /// The graph (and so the architecture name and the tensors written).
+    pub family: Family,
     pub dim: usize,
     pub ffn_dim: usize,
     pub n_layers: usize,
@@ -23,11 +28,13 @@ pub struct Shape {
     pub n_kv_heads: usize,
     pub vocab_size: usize,
     pub ctx_len: usize,
+    pub rope_theta: f32,
 }
 
 impl Shape {
     /// BitNet-b1.58-2B-4T.
     pub const B2_4T: Shape = Shape {
+        family: Family::BitNet158,
         dim: 2560,
         ffn_dim: 6912,
         n_layers: 30,
@@ -35,9 +42,59 @@ impl Shape {
         n_kv_heads: 5,
         vocab_size: 128256,
         ctx_len: 4096,
+        rope_theta: 500000.0,
+    };
+    /// 1bitLLM/bitnet_b1_58-large (0.7B), arch `bitnet`.
+    pub const LARGE: Shape = Shape {
+        family: Family::BitNet,
+        dim: 1536,
+        ffn_dim: 4096,
+        n_layers: 24,
+        n_heads: 16,
+        n_kv_heads: 16,
+        vocab_size: 32002,
+        ctx_len: 2048,
+        rope_theta: 10000.0,
+    };
+    /// HF1BitLLM/Llama3-8B-1.58-100B-tokens, arch `llama`.
+    pub const LLAMA3_8B: Shape = Shape {
+        family: Family::Llama,
+        dim: 4096,
+        ffn_dim: 14336,
+        n_layers: 32,
+        n_heads: 32,
+        n_kv_heads: 8,
+        vocab_size: 128256,
+        ctx_len: 8192,
+        rope_theta: 500000.0,
+    };
+    /// tiiuae/Falcon3-3B-Instruct-1.58bit, arch `llama`, head size 256.
+    pub const FALCON3_3B: Shape = Shape {
+        family: Family::Llama,
+        dim: 3072,
+        ffn_dim: 9216,
+        n_layers: 22,
+        n_heads: 12,
+        n_kv_heads: 4,
+        vocab_size: 131072,
+        ctx_len: 32768,
+        rope_theta: 1000042.0,
+    };
+    /// tiiuae/Falcon3-10B-Instruct-1.58bit, arch `llama`, head size 256.
+    pub const FALCON3_10B: Shape = Shape {
+        family: Family::Llama,
+        dim: 3072,
+        ffn_dim: 23040,
+        n_layers: 40,
+        n_heads: 12,
+        n_kv_heads: 4,
+        vocab_size: 131072,
+        ctx_len: 32768,
+        rope_theta: 1000042.0,
     };
     /// The shape of the shared `bitnet-tiny.gguf` fixture.
     pub const TINY: Shape = Shape {
+        family: Family::BitNet158,
         dim: 256,
         ffn_dim: 768,
         n_layers: 2,
@@ -45,10 +102,12 @@ impl Shape {
         n_kv_heads: 1,
         vocab_size: 128256,
         ctx_len: 4096,
+        rope_theta: 500000.0,
     };
 
     /// A very small model with a made-up 300-token vocabulary (fuzzing seeds, tests).
     pub const MICRO: Shape = Shape {
+        family: Family::BitNet158,
         dim: 128,
         ffn_dim: 256,
         n_layers: 1,
@@ -56,14 +115,44 @@ impl Shape {
         n_kv_heads: 1,
         vocab_size: 300,
         ctx_len: 64,
+        rope_theta: 500000.0,
     };
 
+    /// The names [`Shape::by_name`] knows, with what each is.
+    pub const NAMES: [(&'static str, &'static str); 7] = [
+        ("2b4t", "BitNet-b1.58-2B-4T (arch bitnet-b1.58)"),
+        ("large", "1bitLLM bitnet_b1_58-large, 0.7B (arch bitnet)"),
+        ("8b", "Llama3-8B-1.58-100B-tokens (arch llama)"),
+        ("falcon3-3b", "Falcon3-3B-1.58bit (arch llama)"),
+        ("falcon3-10b", "Falcon3-10B-1.58bit (arch llama)"),
+        ("tiny", "the shape of the shared bitnet-tiny fixture"),
+        ("micro", "a 300-token toy"),
+    ];
+
     pub fn by_name(name: &str) -> Option<Shape> {
-        match name {
-            "2b4t" | "2B-4T" | "2b-4t" => Some(Shape::B2_4T),
+        match name.to_ascii_lowercase().as_str() {
+            "2b4t" | "2b-4t" => Some(Shape::B2_4T),
+            "large" | "0.7b" => Some(Shape::LARGE),
+            "8b" | "llama3-8b" => Some(Shape::LLAMA3_8B),
+            "falcon3-3b" => Some(Shape::FALCON3_3B),
+            "falcon3-10b" | "10b" => Some(Shape::FALCON3_10B),
             "tiny" => Some(Shape::TINY),
             "micro" => Some(Shape::MICRO),
             _ => None,
+        }
+    }
+
+    /// The shape with another graph (e.g. `gen-model --arch`).
+    pub fn with_family(self, family: Family) -> Shape {
+        Shape { family, ..self }
+    }
+
+    /// The architecture name written to the file.
+    pub fn arch(&self) -> &'static str {
+        match self.family {
+            Family::BitNet158 => "bitnet-b1.58",
+            Family::BitNet => "bitnet",
+            Family::Llama => "llama",
         }
     }
 
@@ -165,13 +254,13 @@ pub fn write_model(
     seed: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let a = "bitnet-b1.58";
     let s = shape;
+    let a = s.arch();
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
         (
             "general.name".into(),
-            Value::String(format!("synthetic-bitnet-{}x{}", s.n_layers, s.dim)),
+            Value::String(format!("synthetic-{a}-{}x{}", s.n_layers, s.dim)),
         ),
         ("general.alignment".into(), Value::U32(32)),
     ];
@@ -189,7 +278,7 @@ pub fn write_model(
             format!("{a}.attention.layer_norm_rms_epsilon"),
             Value::F32(1e-5),
         ),
-        (format!("{a}.rope.freq_base"), Value::F32(500000.0)),
+        (format!("{a}.rope.freq_base"), Value::F32(s.rope_theta)),
     ]);
     md.extend(tokenizer_metadata(vocab, s.vocab_size)?);
 
@@ -215,13 +304,24 @@ pub fn write_model(
             t("attn_k", vec![d, kv], GgmlType::I2S),
             t("attn_v", vec![d, kv], GgmlType::I2S),
             t("attn_output", vec![d, d], GgmlType::I2S),
-            t("attn_sub_norm", vec![d], GgmlType::F32),
             t("ffn_norm", vec![d], GgmlType::F32),
             t("ffn_gate", vec![d, f], GgmlType::I2S),
             t("ffn_up", vec![d, f], GgmlType::I2S),
             t("ffn_down", vec![f, d], GgmlType::I2S),
-            t("ffn_sub_norm", vec![f], GgmlType::F32),
         ]);
+        if s.family.sub_norms() {
+            tensors.extend([
+                t("attn_sub_norm", vec![d], GgmlType::F32),
+                t("ffn_sub_norm", vec![f], GgmlType::F32),
+            ]);
+        }
+    }
+    if s.family == Family::Llama {
+        tensors.push(TensorSpec {
+            name: "output.weight".into(),
+            dims: vec![d, s.vocab_size as u64],
+            ty: GgmlType::F16,
+        });
     }
     tensors.push(TensorSpec {
         name: "output_norm.weight".into(),
@@ -304,35 +404,49 @@ mod tests {
     use crate::model::{Model, Session};
 
     #[test]
-    fn a_small_synthetic_model_loads_and_runs() {
-        let shape = Shape {
-            dim: 256,
-            ffn_dim: 384,
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            vocab_size: 512,
-            ctx_len: 64,
-        };
-        let path = std::env::temp_dir().join(format!("bitnet-synth-{}.gguf", std::process::id()));
-        write_model(&path, shape, None, 7, &mut |_, _| {}).unwrap();
-        let model = Model::load(&path).unwrap();
-        std::fs::remove_file(&path).ok();
-        assert_eq!(model.config.n_kv_heads, 2);
-        assert_eq!(
-            model.tokenizer.encode("hi", true, false),
-            vec![256, b'h' as u32, b'i' as u32]
-        );
-        let mut s = Session::new(&model, 0, 4, 1).unwrap();
-        let logits = s.forward(&[256, 10, 20]).unwrap();
-        assert_eq!(logits.len(), 512);
-        assert!(logits.iter().all(|l| l.is_finite()));
-        assert!(s.forward(&[600]).is_err(), "token outside the vocabulary");
-        let too_long = vec![1u32; 70];
-        assert!(s
-            .forward(&too_long)
-            .unwrap_err()
-            .message
-            .contains("do not fit"));
+    fn a_small_synthetic_model_of_each_family_loads_and_runs() {
+        for family in [Family::BitNet158, Family::BitNet, Family::Llama] {
+            let shape = Shape {
+                family,
+                dim: 256,
+                ffn_dim: 384,
+                n_layers: 2,
+                n_heads: 4,
+                n_kv_heads: 2,
+                vocab_size: 512,
+                ctx_len: 64,
+                rope_theta: 10000.0,
+            };
+            let path = std::env::temp_dir().join(format!(
+                "bitnet-synth-{}-{}.gguf",
+                std::process::id(),
+                shape.arch()
+            ));
+            write_model(&path, shape, None, 7, &mut |_, _| {}).unwrap();
+            let model = Model::load(&path).unwrap();
+            std::fs::remove_file(&path).ok();
+            assert_eq!(model.config.family, family);
+            assert_eq!(model.config.n_kv_heads, 2);
+            assert_eq!(
+                model.head_bytes(),
+                512 * 256 * 2,
+                "F16 head (untied for llama)"
+            );
+            assert_eq!(
+                model.tokenizer.encode("hi", true, false),
+                vec![256, b'h' as u32, b'i' as u32]
+            );
+            let mut s = Session::new(&model, 0, 4, 1).unwrap();
+            let logits = s.forward(&[256, 10, 20]).unwrap();
+            assert_eq!(logits.len(), 512);
+            assert!(logits.iter().all(|l| l.is_finite()));
+            assert!(s.forward(&[600]).is_err(), "token outside the vocabulary");
+            let too_long = vec![1u32; 70];
+            assert!(s
+                .forward(&too_long)
+                .unwrap_err()
+                .message
+                .contains("do not fit"));
+        }
     }
 }

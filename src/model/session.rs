@@ -12,6 +12,7 @@ use super::attention::{self, Scratch};
 use super::kv_cache::KvCache;
 use super::ops::{rmsnorm, rmsnorm_inplace, rmsnorm_rows, scale};
 use super::Model;
+use crate::embedding::Activations;
 use crate::error::{Error, Result};
 use crate::matmul::{self, ActBatch};
 use crate::threadpool::ThreadPool;
@@ -53,6 +54,8 @@ pub struct Session<'m> {
     hb2: Vec<f32>,
     hidden: Vec<f32>,
     hidden_q: Vec<i8>,
+    /// The hidden state converted for the LM head's type.
+    head_acts: Activations,
     logits: Vec<f32>,
     acts_dim: ActBatch,
     acts_ffn: ActBatch,
@@ -92,6 +95,7 @@ impl<'m> Session<'m> {
             hb2: zeros(b * c.ffn_dim),
             hidden: zeros(c.dim),
             hidden_q: vec![0; c.dim],
+            head_acts: Activations::new(c.dim),
             logits: zeros(c.vocab_size),
             acts_dim: ActBatch::new(c.dim, b),
             acts_ffn: ActBatch::new(c.ffn_dim, b),
@@ -375,9 +379,12 @@ impl<'m> Session<'m> {
                     &self.pool,
                 )
             }
-            None => m
-                .head_matrix()
-                .matvec(&self.hidden, &mut self.logits, &self.pool),
+            None => m.head_matrix().matvec(
+                &self.hidden,
+                &mut self.head_acts,
+                &mut self.logits,
+                &self.pool,
+            ),
         }
         self.timings.head += Self::since(s);
     }

@@ -425,9 +425,12 @@ fn bitnet_scale_tensors_multiply_the_matmul_outputs() {
         .dequantize_row(*tokens.last().unwrap() as usize, &mut e);
     super::ops::rmsnorm(&mut h, &e, &zeroed.output_norm, c.eps);
     let mut want = vec![0f32; c.vocab_size];
-    zeroed
-        .head_matrix()
-        .matvec(&h, &mut want, &crate::threadpool::ThreadPool::new(1));
+    zeroed.head_matrix().matvec(
+        &h,
+        &mut crate::embedding::Activations::new(c.dim),
+        &mut want,
+        &crate::threadpool::ThreadPool::new(1),
+    );
     let worst = got
         .iter()
         .zip(&want)

@@ -283,6 +283,16 @@ impl Model {
         }
     }
 
+    /// Whether the LM head is the token embedding.
+    pub fn head_is_tied(&self) -> bool {
+        self.head.name == self.embed.name
+    }
+
+    /// A string metadata value of the model's file.
+    pub fn gguf_str(&self, key: &str) -> Option<&str> {
+        self.gguf.get_str(key)
+    }
+
     /// The type of the LM head matrix in the file.
     pub fn head_type(&self) -> GgmlType {
         self.head.ty

@@ -9,17 +9,18 @@ use clap::Args;
 
 use bitnet_stfma::kernels;
 use bitnet_stfma::model::{LoadOptions, Model, Session, Timings};
-use bitnet_stfma::synthetic::{self, Shape};
+use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
-use crate::{model_err, warn_threads, CliError, CliResult, Progress};
+use crate::{model_err, warn_threads, CliResult, Progress};
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// Model file (default: a synthetic model of --shape, cached on disk).
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// Shape of the synthetic model: 2b4t or tiny.
+    /// Shape of the synthetic model: 2b4t, large, 8b, falcon3-3b, falcon3-10b, tiny or micro
+    /// (see `bitnet gen-model --help`).
     #[arg(long, default_value = "2b4t")]
     shape: String,
     /// Thread counts to measure, comma-separated.
@@ -126,11 +127,12 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let path = match &a.model {
         Some(p) => p.clone(),
         None => {
-            let shape = Shape::by_name(&a.shape).ok_or_else(|| {
-                CliError::Usage(format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))
-            })?;
+            let shape = crate::shape_by_name(&a.shape)?;
             let dir = cache_dir(&a);
-            let path = dir.join(format!("synthetic-{}-v1.gguf", a.shape));
+            let path = dir.join(format!(
+                "synthetic-{}-v2.gguf",
+                a.shape.to_ascii_lowercase()
+            ));
             if !path.exists() {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let tmp = path.with_extension("gguf.tmp");

@@ -398,3 +398,67 @@ fn too_many_threads_are_warned_about() {
     ]);
     assert!(!text(&o.stderr).contains("warning:"));
 }
+
+/// Every family's fixture through the commands a user runs: `tokenize`
+/// gives bitnet.cpp's prompt tokens (BOS only where the vocabulary adds
+/// one), a greedy `run` prints the prompt and bitnet.cpp's greedy
+/// continuation, `info` names the family, and `chat` answers in the model's
+/// format.
+#[test]
+fn every_family_runs_from_the_command_line() {
+    let Some(dir) = bitnet_stfma::testdata_dir() else {
+        eprintln!("SKIPPED: ../shared/testdata not found");
+        return;
+    };
+    for (name, family) in [
+        ("bitnet-spm-tiny", "1bitLLM"),
+        ("llama-i2s-tiny", "Llama"),
+        ("falcon3-i2s-tiny", "Llama"),
+    ] {
+        let m = dir.join(format!("{name}.gguf"));
+        let m = p(&m);
+        let refs = std::fs::read_to_string(dir.join(format!("{name}.ref.jsonl"))).unwrap();
+        let first: serde_json::Value = serde_json::from_str(refs.lines().next().unwrap()).unwrap();
+        let prompt = first["prompt"].as_str().unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap())
+                .collect()
+        };
+        let tokens = ids(&first["tokens"]);
+        let got = ok(&bitnet(&["tokenize", "-m", m, "-p", prompt]));
+        let want: Vec<String> = tokens.iter().map(u64::to_string).collect();
+        assert_eq!(got.trim(), format!("[{}]", want.join(",")), "{name}");
+
+        // bitnet.cpp's first greedy tokens.
+        let greedy: Vec<u64> = first["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["token"].as_u64().unwrap())
+            .take(8)
+            .collect();
+        let run = ok(&bitnet(&[
+            "run", "-m", m, "-p", prompt, "-n", "8", "--temp", "0", "-t", "2",
+        ]));
+        assert!(run.starts_with(prompt), "{name}: {run:?}");
+        // (the command ends its output with a newline of its own)
+        let run = run.strip_suffix('\n').unwrap_or(&run);
+        // The printed continuation is bitnet.cpp's greedy tokens' bytes.
+        let g = bitnet_stfma::gguf::Gguf::open(m).unwrap();
+        let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        let bytes: Vec<u8> = greedy
+            .iter()
+            .flat_map(|&t| tok.token_to_bytes(t as u32, false).to_vec())
+            .collect();
+        let want = format!("{prompt}{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(run, want, "{name}");
+
+        let info = ok(&bitnet(&["info", "-m", m]));
+        assert!(info.contains(family), "{name}: {info}");
+        let chat = bitnet_stdin(&["chat", "-m", m, "-n", "4", "--temp", "0"], "Hi\n");
+        ok(&chat);
+    }
+}

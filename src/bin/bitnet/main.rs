@@ -279,9 +279,14 @@ struct PerplexityArgs {
 
 #[derive(Args)]
 struct GenModelArgs {
-    /// 2b4t (BitNet-b1.58-2B-4T), tiny (the shape of the shared fixture) or micro (a 300-token toy).
+    /// 2b4t (BitNet-b1.58-2B-4T), large (bitnet_b1_58-large), 8b (Llama3-8B-1.58),
+    /// falcon3-3b, falcon3-10b, tiny (the shape of the shared fixture) or micro (a 300-token toy).
     #[arg(long, default_value = "2b4t")]
     shape: String,
+    /// Write this architecture's graph instead of the shape's own: bitnet-b1.58 (relu² FFN,
+    /// sub-norms), bitnet (SiLU FFN, sub-norms) or llama (SiLU FFN, untied F16 head).
+    #[arg(long)]
+    arch: Option<String>,
     /// File to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -421,8 +426,8 @@ fn run(a: RunArgs) -> CliResult {
     let tok = &model.tokenizer;
     let tokens = match &a.system {
         Some(sys) => {
-            let fmt = ChatFormat::detect(model.chat_template.as_deref());
-            tok.encode(&fmt.user_turn(Some(sys), &prompt), true, true)
+            let fmt = chat_format(&model);
+            tok.encode(&fmt.user_turn(Some(sys), &prompt), tok.add_bos, true)
         }
         None => tok.encode(&prompt, tok.add_bos, true),
     };
@@ -458,7 +463,7 @@ fn chat(a: ChatArgs) -> CliResult {
     let (model, load_time) = load(&a.common)?;
     let mut sess = session(&model, &a.common)?;
     let tok = &model.tokenizer;
-    let fmt = ChatFormat::detect(model.chat_template.as_deref());
+    let fmt = chat_format(&model);
     let mut sampler = Sampler::new(a.sampling.config(sess.ctx())?, model.config.vocab_size);
     let interactive = std::io::stdin().is_terminal();
     eprintln!(
@@ -481,13 +486,13 @@ fn chat(a: ChatArgs) -> CliResult {
         let first = sess.pos() == 0;
         let mut tokens = tok.encode(
             &fmt.user_turn(first.then_some(a.system.as_str()), line),
-            first,
+            first && tok.add_bos,
             true,
         );
         if sess.pos() + tokens.len() + 1 > sess.ctx() {
             eprintln!("[the context is full; starting a new conversation]");
             sess.reset();
-            tokens = tok.encode(&fmt.user_turn(Some(&a.system), line), true, true);
+            tokens = tok.encode(&fmt.user_turn(Some(&a.system), line), tok.add_bos, true);
             if tokens.len() + 1 > sess.ctx() {
                 eprintln!("[that message is longer than the whole context of {} tokens; try a shorter one]", sess.ctx());
                 continue;
@@ -510,11 +515,21 @@ fn chat_turn(
     generate(sess, sampler, logits, n.min(room.saturating_sub(2)))?;
     println!();
     // Close the assistant's turn in the cache, as the model would have.
-    let eot = sess.model.tokenizer.encode(fmt.end_of_turn(), false, true);
+    let tok = &sess.model.tokenizer;
+    let eos = tok.eos.and_then(|e| tok.token_text(e)).unwrap_or("");
+    let eot = tok.encode(&fmt.end_of_turn(eos), false, true);
     if sess.pos() + eot.len() <= sess.ctx() {
         sess.forward(&eot).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The chat format of a model (see [`ChatFormat::detect`]).
+fn chat_format(model: &Model) -> ChatFormat {
+    ChatFormat::detect(
+        model.chat_template.as_deref(),
+        model.gguf_str("tokenizer.ggml.pre"),
+    )
 }
 
 fn read_text(prompt: Option<String>, file: Option<PathBuf>) -> CliResult<String> {
@@ -531,7 +546,7 @@ fn tokenize(a: TokenizeArgs) -> CliResult {
     let g = Gguf::open(&a.model).map_err(model_err)?;
     let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).map_err(model_err)?;
     let text = read_text(a.prompt, a.file)?;
-    let ids = tok.encode(&text, !a.no_bos, a.special);
+    let ids = tok.encode(&text, !a.no_bos && tok.add_bos, a.special);
     let body: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     println!("[{}]", body.join(","));
     Ok(())
@@ -542,7 +557,7 @@ fn eval(a: EvalArgs) -> CliResult {
     let mut sess = session(&model, &a.common)?;
     let tokens = match (a.tokens, a.prompt) {
         (Some(t), _) => t,
-        (None, Some(p)) => model.tokenizer.encode(&p, true, false),
+        (None, Some(p)) => model.tokenizer.encode(&p, model.tokenizer.add_bos, false),
         (None, None) => return Err(CliError::Usage("give -p TEXT or --tokens IDS".into())),
     };
     check_fits(tokens.len(), &sess)?;
@@ -600,7 +615,9 @@ fn perplexity(a: PerplexityArgs) -> CliResult {
     }
     let mut sess = session(&model, &common)?;
     let text = read_text(None, Some(a.file.clone()))?;
-    let tokens = model.tokenizer.encode(&text, true, false);
+    let tokens = model
+        .tokenizer
+        .encode(&text, model.tokenizer.add_bos, false);
     let n_chunks = tokens.len() / n_ctx;
     if n_chunks == 0 {
         return Err(input_err(format!(
@@ -617,7 +634,9 @@ fn perplexity(a: PerplexityArgs) -> CliResult {
     let t = Instant::now();
     for c in 0..n_chunks {
         let mut window = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
-        if let Some(b) = model.tokenizer.bos {
+        // As llama.cpp's perplexity: each window starts with BOS when the
+        // vocabulary adds one.
+        if let Some(b) = model.tokenizer.bos.filter(|_| model.tokenizer.add_bos) {
             window[0] = b;
         }
         sess.reset();
@@ -686,10 +705,30 @@ impl Progress {
     }
 }
 
+/// A synthetic shape by name, or a usage error listing the names.
+fn shape_by_name(name: &str) -> Result<Shape, CliError> {
+    Shape::by_name(name).ok_or_else(|| {
+        let names: Vec<String> = Shape::NAMES
+            .iter()
+            .map(|(n, what)| format!("{n} ({what})"))
+            .collect();
+        CliError::Usage(format!(
+            "unknown shape '{name}'; known: {}",
+            names.join(", ")
+        ))
+    })
+}
+
 fn gen_model(a: GenModelArgs) -> CliResult {
-    let shape = Shape::by_name(&a.shape).ok_or_else(|| {
-        CliError::Usage(format!("unknown shape '{}' (2b4t, tiny or micro)", a.shape))
-    })?;
+    let mut shape = shape_by_name(&a.shape)?;
+    if let Some(arch) = &a.arch {
+        let family = bitnet_stfma::model::Family::of(arch).ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown architecture '{arch}' (bitnet-b1.58, bitnet or llama)"
+            ))
+        })?;
+        shape = shape.with_family(family);
+    }
     let vocab = match &a.vocab {
         Some(p) => Some(Gguf::open(p).map_err(model_err)?),
         None => None,
@@ -732,8 +771,36 @@ fn info(path: &Path) -> CliResult {
         println!("  {:32} {:6} {:?}", t.name, t.ty.to_string(), t.dims);
     }
     match Model::load(path) {
-        Ok(m) => println!("model: {:?}", m.config),
-        Err(e) => println!("not loadable as a BitNet b1.58 model: {e}"),
+        Ok(m) => {
+            println!(
+                "family: {} (architecture {})",
+                m.config.family.describe(),
+                m.config.arch
+            );
+            println!(
+                "tokenizer: {} ({} tokens)",
+                if m.tokenizer.is_sentencepiece() {
+                    "SentencePiece".to_string()
+                } else {
+                    format!(
+                        "byte-level BPE, pre-tokenizer {}",
+                        m.gguf_str("tokenizer.ggml.pre").unwrap_or("default")
+                    )
+                },
+                m.tokenizer.vocab_size()
+            );
+            println!(
+                "LM head: {} {}",
+                m.head_type(),
+                if m.head_is_tied() {
+                    "(tied to token_embd)"
+                } else {
+                    "(output.weight)"
+                }
+            );
+            println!("model: {:?}", m.config)
+        }
+        Err(e) => println!("not loadable by this runner: {e}"),
     }
     Ok(())
 }
