@@ -25,5 +25,5 @@ mod ops;
 mod tests;
 
 pub use config::{Config, Family, ARCHITECTURES};
-pub use session::{Session, Timings};
+pub use session::{Segment, Session, Timings};
 pub use weights::{LoadOptions, Model};

@@ -31,13 +31,29 @@ pub struct Timings {
     pub other: Duration,
 }
 
-/// Inference state: KV cache and every per-token buffer, allocated once.
+/// One sequence of a session: its KV cache and how many tokens it holds.
+struct Slot {
+    cache: KvCache,
+    pos: usize,
+}
+
+/// One sequence's part of a batched step (see [`Session::forward_segments`]):
+/// `tokens` fed to slot `slot` at its current position.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub slot: usize,
+    pub tokens: &'a [u32],
+}
+
+/// Inference state: KV caches and every per-token buffer, allocated once.
+/// A session holds one sequence, or several ([`Session::with_slots`]) whose
+/// tokens share the matmuls of each step (continuous batching); the
+/// single-sequence methods work on slot 0.
 pub struct Session<'m> {
     pub model: &'m Model,
     pool: ThreadPool,
     max_batch: usize,
-    pos: usize,
-    cache: KvCache,
+    slots: Vec<Slot>,
     /// Residual stream, `dim` per token of the batch.
     x: Vec<f32>,
     /// Normed input of a block.
@@ -73,16 +89,39 @@ impl<'m> Session<'m> {
     /// length), processing prompts in batches of up to `max_batch` tokens,
     /// on `threads` threads (0: all cores).
     pub fn new(model: &'m Model, ctx: usize, max_batch: usize, threads: usize) -> Result<Self> {
+        Self::with_slots(model, ctx, max_batch, threads, 1)
+    }
+
+    /// A session of `n_slots` sequences, each with a KV cache of `ctx`
+    /// tokens (0: the model's context length); one step processes up to
+    /// `max_batch` tokens over all of them.
+    pub fn with_slots(
+        model: &'m Model,
+        ctx: usize,
+        max_batch: usize,
+        threads: usize,
+        n_slots: usize,
+    ) -> Result<Self> {
         let c = &model.config;
         let ctx = if ctx == 0 { c.ctx_len } else { ctx };
         let b = max_batch.max(1);
+        if n_slots == 0 {
+            return Err(Error::invalid("a session needs at least one slot"));
+        }
+        let slots = (0..n_slots)
+            .map(|_| {
+                Ok(Slot {
+                    cache: KvCache::new(c.n_layers, c.n_kv_heads, ctx, c.head_dim)?,
+                    pos: 0,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let zeros = |n: usize| vec![0f32; n];
         Ok(Session {
             model,
             pool: ThreadPool::new(threads),
             max_batch: b,
-            pos: 0,
-            cache: KvCache::new(c.n_layers, c.n_kv_heads, ctx, c.head_dim)?,
+            slots,
             x: zeros(b * c.dim),
             xb: zeros(b * c.dim),
             xb2: zeros(b * c.dim),
@@ -106,22 +145,39 @@ impl<'m> Session<'m> {
         })
     }
 
-    /// Tokens in the KV cache.
+    /// Tokens in the KV cache (of slot 0).
     pub fn pos(&self) -> usize {
-        self.pos
+        self.slots[0].pos
     }
+    /// The context (KV cache positions) of each slot.
     pub fn ctx(&self) -> usize {
-        self.cache.ctx()
+        self.slots[0].cache.ctx()
     }
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
+    /// Most tokens one step processes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
     /// Forgets the cache from position `pos` on.
     pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+        self.slots[0].pos = self.slots[0].pos.min(pos);
     }
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.slots[0].pos = 0;
+    }
+    /// Number of sequences.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+    /// Tokens in slot `s`'s cache.
+    pub fn slot_pos(&self, s: usize) -> usize {
+        self.slots[s].pos
+    }
+    /// Empties slot `s` (a new sequence starts there).
+    pub fn reset_slot(&mut self, s: usize) {
+        self.slots[s].pos = 0;
     }
 
     /// Turns the per-phase timing into [`Session::timings`] on or off (off
@@ -140,8 +196,8 @@ impl<'m> Session<'m> {
                 self.ctx()
             )));
         }
-        self.cache.fill_arbitrary(n);
-        self.pos = n;
+        self.slots[0].cache.fill_arbitrary(n);
+        self.slots[0].pos = n;
         Ok(())
     }
 
@@ -171,11 +227,28 @@ impl<'m> Session<'m> {
         if tokens.is_empty() {
             return Err(Error::invalid("no tokens to process (empty prompt)"));
         }
-        if self.pos + tokens.len() > self.ctx() {
+        self.check_fits(0, tokens)?;
+        let mut done = 0;
+        for chunk in tokens.chunks(self.max_batch) {
+            self.batch(&[(0, chunk.len())], chunk);
+            for t in 0..chunk.len() {
+                if all || done + t == tokens.len() - 1 {
+                    self.logits_for(t);
+                    each(done + t, &self.logits);
+                }
+            }
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// Whether `tokens` fit in slot `slot` and are in the vocabulary.
+    fn check_fits(&self, slot: usize, tokens: &[u32]) -> Result<()> {
+        let pos = self.slots[slot].pos;
+        if pos + tokens.len() > self.ctx() {
             return Err(Error::invalid(format!(
-                "{} tokens do not fit: {} already in a context of {}",
+                "{} tokens do not fit: {pos} already in a context of {}",
                 tokens.len(),
-                self.pos,
                 self.ctx()
             )));
         }
@@ -185,16 +258,57 @@ impl<'m> Session<'m> {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let mut done = 0;
-        for chunk in tokens.chunks(self.max_batch) {
-            self.batch(chunk);
-            for t in 0..chunk.len() {
-                if all || done + t == tokens.len() - 1 {
-                    self.logits_for(t);
-                    each(done + t, &self.logits);
-                }
+        Ok(())
+    }
+
+    /// Feeds several sequences in one step: segment `i`'s tokens go to its
+    /// slot at that slot's position, all rows sharing each matmul, and
+    /// `each(i, logits)` gets the logits after segment `i`'s last token.
+    /// A segment's result does not depend on the others in the step (the
+    /// ternary products are exact integers, attention is per sequence).
+    /// At most [`Session::max_batch`] tokens in all; each slot once.
+    pub fn forward_segments(
+        &mut self,
+        segments: &[Segment],
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let total: usize = segments.iter().map(|s| s.tokens.len()).sum();
+        if total > self.max_batch {
+            return Err(Error::invalid(format!(
+                "{total} tokens in one step exceed the batch of {}",
+                self.max_batch
+            )));
+        }
+        for (i, seg) in segments.iter().enumerate() {
+            if seg.slot >= self.slots.len() {
+                return Err(Error::invalid(format!("no slot {}", seg.slot)));
             }
-            done += chunk.len();
+            if seg.tokens.is_empty() {
+                return Err(Error::invalid("a segment without tokens"));
+            }
+            if segments[..i].iter().any(|o| o.slot == seg.slot) {
+                return Err(Error::invalid(format!(
+                    "slot {} twice in one step",
+                    seg.slot
+                )));
+            }
+            self.check_fits(seg.slot, seg.tokens)?;
+        }
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let mut tokens = Vec::with_capacity(total);
+        let mut layout = Vec::with_capacity(segments.len());
+        for seg in segments {
+            tokens.extend_from_slice(seg.tokens);
+            layout.push((seg.slot, seg.tokens.len()));
+        }
+        self.batch(&layout, &tokens);
+        let mut row = 0;
+        for (i, seg) in segments.iter().enumerate() {
+            row += seg.tokens.len();
+            self.logits_for(row - 1);
+            each(i, &self.logits);
         }
         Ok(())
     }
@@ -209,8 +323,9 @@ impl<'m> Session<'m> {
         start.map_or(Duration::ZERO, |s| s.elapsed())
     }
 
-    /// The transformer over one batch of tokens at the current position.
-    fn batch(&mut self, tokens: &[u32]) {
+    /// The transformer over one batch of tokens: `layout` lists (slot,
+    /// count) of consecutive rows, each run fed at its slot's position.
+    fn batch(&mut self, layout: &[(usize, usize)], tokens: &[u32]) {
         let start = self.clock();
         let before = self.timings;
         let dim = self.model.config.dim;
@@ -219,10 +334,12 @@ impl<'m> Session<'m> {
             embed.dequantize_row(tok as usize, &mut self.x[t * dim..(t + 1) * dim]);
         }
         for l in 0..self.model.config.n_layers {
-            self.attention_block(l, tokens.len());
+            self.attention_block(l, layout, tokens.len());
             self.ffn_block(l, tokens.len());
         }
-        self.pos += tokens.len();
+        for &(slot, n) in layout {
+            self.slots[slot].pos += n;
+        }
         let spent =
             (self.timings.ternary - before.ternary) + (self.timings.attention - before.attention);
         self.timings.other += Self::since(start).saturating_sub(spent);
@@ -231,7 +348,7 @@ impl<'m> Session<'m> {
     /// `x += Wo · attention(rope(Wq xn), rope(Wk xn), Wv xn)` with
     /// `xn = rmsnorm(x)`, the attention output rmsnormed before `Wo` in the
     /// BitNet families (each product times its `*.scale` where a file has one).
-    fn attention_block(&mut self, l: usize, t_n: usize) {
+    fn attention_block(&mut self, l: usize, layout: &[(usize, usize)], t_n: usize) {
         let m = self.model;
         let (c, layer) = (&m.config, &m.layers[l]);
         let (dim, kv) = (c.dim, c.kv_dim());
@@ -259,30 +376,35 @@ impl<'m> Session<'m> {
         self.timings.ternary += Self::since(s);
 
         let s = self.clock();
-        for t in 0..t_n {
-            let p = self.pos + t;
-            m.rope.apply(&mut self.q[t * dim..(t + 1) * dim], p);
-            m.rope.apply(&mut self.k[t * kv..(t + 1) * kv], p);
-            self.cache.store(
+        let mut r0 = 0;
+        for &(slot, n) in layout {
+            let slot = &mut self.slots[slot];
+            for t in r0..r0 + n {
+                let p = slot.pos + t - r0;
+                m.rope.apply(&mut self.q[t * dim..(t + 1) * dim], p);
+                m.rope.apply(&mut self.k[t * kv..(t + 1) * kv], p);
+                slot.cache.store(
+                    l,
+                    p,
+                    &self.k[t * kv..(t + 1) * kv],
+                    &self.v[t * kv..(t + 1) * kv],
+                );
+            }
+            attention::attention(
+                &self.pool,
+                c,
+                &slot.cache,
                 l,
-                p,
-                &self.k[t * kv..(t + 1) * kv],
-                &self.v[t * kv..(t + 1) * kv],
+                &self.q[r0 * dim..],
+                slot.pos,
+                n,
+                self.attn_tasks_per_thread,
+                self.attn_split_min,
+                &mut self.attn_scratch,
+                &mut self.att[r0 * dim..],
             );
+            r0 += n;
         }
-        attention::attention(
-            &self.pool,
-            c,
-            &self.cache,
-            l,
-            &self.q,
-            self.pos,
-            t_n,
-            self.attn_tasks_per_thread,
-            self.attn_split_min,
-            &mut self.attn_scratch,
-            &mut self.att,
-        );
         self.timings.attention += Self::since(s);
 
         if let Some(w) = &layer.attn_sub_norm {

@@ -441,3 +441,83 @@ fn bitnet_scale_tensors_multiply_the_matmul_outputs() {
         "logits differ from the head of the embedding by {worst}"
     );
 }
+
+/// Several sequences fed together give, bit for bit, the logits each gives
+/// alone with the same chunks: the continuous batching of `bitnet serve`
+/// changes no sequence's result.
+#[test]
+fn batched_sequences_match_each_alone() {
+    let Some(dir) = crate::testdata_dir() else {
+        eprintln!(
+            "SKIPPED model::batched_sequences_match_each_alone: ../shared/testdata not found"
+        );
+        return;
+    };
+    for name in ["bitnet-tiny", "falcon3-i2s-tiny"] {
+        let model = Model::load(dir.join(format!("{name}.gguf"))).unwrap();
+        // Per sequence: the chunks it is fed in, step by step (None: idle).
+        let a: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![6], vec![7], vec![8]];
+        let b: Vec<Vec<u32>> = vec![vec![9, 10, 11], vec![12, 13], vec![14], vec![15]];
+        let c: Vec<Vec<u32>> = vec![vec![], vec![16, 17, 18, 19], vec![20], vec![21]];
+        let seqs = [a, b, c];
+        let alone: Vec<Vec<Vec<f32>>> = seqs
+            .iter()
+            .map(|steps| {
+                let mut s = Session::new(&model, 64, 8, 2).unwrap();
+                steps
+                    .iter()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| s.forward(t).unwrap().to_vec())
+                    .collect()
+            })
+            .collect();
+        let mut s = Session::with_slots(&model, 64, 8, 2, 3).unwrap();
+        let mut got: Vec<Vec<Vec<f32>>> = vec![vec![]; 3];
+        for step in 0..4 {
+            let segs: Vec<Segment> = (0..3)
+                .filter(|&q| !seqs[q][step].is_empty())
+                .map(|q| Segment {
+                    slot: q,
+                    tokens: &seqs[q][step],
+                })
+                .collect();
+            s.forward_segments(&segs, &mut |i, logits| {
+                got[segs[i].slot].push(logits.to_vec())
+            })
+            .unwrap();
+        }
+        assert_eq!(got, alone, "{name}");
+        assert_eq!((s.slot_pos(0), s.slot_pos(1), s.slot_pos(2)), (8, 7, 6));
+        // Bad steps are refused.
+        let t = [1u32; 9];
+        let mut err = |segs: &[Segment]| {
+            s.forward_segments(segs, &mut |_, _| {})
+                .unwrap_err()
+                .message
+        };
+        assert!(err(&[Segment {
+            slot: 0,
+            tokens: &t
+        }])
+        .contains("exceed"));
+        assert!(err(&[Segment {
+            slot: 3,
+            tokens: &t[..1]
+        }])
+        .contains("no slot"));
+        assert!(err(&[
+            Segment {
+                slot: 1,
+                tokens: &t[..1]
+            },
+            Segment {
+                slot: 1,
+                tokens: &t[..1]
+            }
+        ])
+        .contains("twice"));
+        drop(err);
+        s.reset_slot(2);
+        assert_eq!(s.slot_pos(2), 0);
+    }
+}
