@@ -474,11 +474,13 @@ fn batched_sequences_match_each_alone() {
         let mut s = Session::with_slots(&model, 64, 8, 2, 3).unwrap();
         let mut got: Vec<Vec<Vec<f32>>> = vec![vec![]; 3];
         for step in 0..4 {
-            let segs: Vec<Segment> = (0..3)
-                .filter(|&q| !seqs[q][step].is_empty())
-                .map(|q| Segment {
+            let segs: Vec<Segment> = seqs
+                .iter()
+                .enumerate()
+                .filter(|(_, chunks)| !chunks[step].is_empty())
+                .map(|(q, chunks)| Segment {
                     slot: q,
-                    tokens: &seqs[q][step],
+                    tokens: &chunks[step],
                 })
                 .collect();
             s.forward_segments(&segs, &mut |i, logits| {
@@ -516,7 +518,6 @@ fn batched_sequences_match_each_alone() {
             }
         ])
         .contains("twice"));
-        drop(err);
         s.reset_slot(2);
         assert_eq!(s.slot_pos(2), 0);
     }
