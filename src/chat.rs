@@ -24,6 +24,24 @@ pub enum ChatFormat {
     FalconE,
 }
 
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant` (other roles render as `user`'s
+    /// format does with their own name, where the format names roles).
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
 /// The default system prompt of `bitnet chat`.
 pub const DEFAULT_SYSTEM: &str =
     "You are a helpful assistant. Think step by step before you answer.";
@@ -58,42 +76,52 @@ impl ChatFormat {
     /// ending where the assistant's reply begins. Special tokens appear as
     /// text: encode with special-token parsing on. BOS is not included.
     pub fn user_turn(self, system: Option<&str>, user: &str) -> String {
-        let system = system.filter(|s| !s.is_empty());
+        let mut msgs = Vec::new();
+        if let Some(sys) = system.filter(|s| !s.is_empty()) {
+            msgs.push(Message::new("system", sys));
+        }
+        msgs.push(Message::new("user", user));
+        self.render(&msgs, "")
+    }
+
+    /// A whole conversation, then the start of the assistant's reply:
+    /// system and user messages as the template renders them, assistant
+    /// messages as the model would have written them (its reply, then
+    /// [`ChatFormat::end_of_turn`]); `eos` is the EOS token's text.
+    pub fn render(self, messages: &[Message], eos: &str) -> String {
         let mut s = String::new();
-        match self {
-            ChatFormat::Bitnet => {
-                if let Some(sys) = system {
-                    s.push_str("System: ");
-                    s.push_str(sys);
-                }
-                s.push_str("User: ");
-                s.push_str(user);
-                s.push_str("<|eot_id|>Assistant: ");
+        for m in messages {
+            let (role, c) = (m.role.as_str(), m.content.as_str());
+            if role == "assistant" {
+                s.push_str(self.reply_start());
+                s.push_str(c);
+                s.push_str(&self.end_of_turn(eos));
+                continue;
             }
-            ChatFormat::Llama3 => {
-                if let Some(sys) = system {
-                    s.push_str("<|start_header_id|>system<|end_header_id|>\n\n");
-                    s.push_str(sys);
-                    s.push_str("<|eot_id|>");
-                }
-                s.push_str("<|start_header_id|>user<|end_header_id|>\n\n");
-                s.push_str(user);
-                s.push_str("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-            }
-            ChatFormat::Falcon3 => {
-                if let Some(sys) = system {
-                    s.push_str(&format!("<|system|>\n{sys}\n"));
-                }
-                s.push_str(&format!("<|user|>\n{user}\n<|assistant|>\n"));
-            }
-            ChatFormat::FalconE => {
-                if let Some(sys) = system {
-                    s.push_str(&format!("system{sys}\n"));
-                }
-                s.push_str(&format!("user{user}\nassistant\n"));
+            match self {
+                ChatFormat::Bitnet => match role {
+                    "system" => s.push_str(&format!("System: {c}")),
+                    _ => s.push_str(&format!("User: {c}<|eot_id|>")),
+                },
+                ChatFormat::Llama3 => s.push_str(&format!(
+                    "<|start_header_id|>{role}<|end_header_id|>\n\n{c}<|eot_id|>"
+                )),
+                ChatFormat::Falcon3 => s.push_str(&format!("<|{role}|>\n{c}\n")),
+                ChatFormat::FalconE => s.push_str(&format!("{role}{c}\n")),
             }
         }
+        s.push_str(self.reply_start());
         s
+    }
+
+    /// What opens the assistant's reply.
+    fn reply_start(self) -> &'static str {
+        match self {
+            ChatFormat::Bitnet => "Assistant: ",
+            ChatFormat::Llama3 => "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            ChatFormat::Falcon3 => "<|assistant|>\n",
+            ChatFormat::FalconE => "assistant\n",
+        }
     }
 
     /// What closes the assistant's turn in the cache after its reply
@@ -158,5 +186,23 @@ mod tests {
             ChatFormat::FalconE.user_turn(None, "Hi"),
             "userHi\nassistant\n"
         );
+        // A conversation: the reply is closed as the model closes it.
+        let conv = [
+            Message::new("system", "S"),
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello"),
+            Message::new("user", "Bye"),
+        ];
+        assert_eq!(
+            ChatFormat::Bitnet.render(&conv, "</s>"),
+            "System: SUser: Hi<|eot_id|>Assistant: Hello<|eot_id|>User: Bye<|eot_id|>Assistant: "
+        );
+        assert_eq!(
+            ChatFormat::Falcon3.render(&conv, "<|endoftext|>"),
+            "<|system|>\nS\n<|user|>\nHi\n<|assistant|>\nHello<|endoftext|>\n<|user|>\nBye\n<|assistant|>\n"
+        );
+        assert!(ChatFormat::Llama3
+            .render(&conv, "")
+            .contains("<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>user"));
     }
 }

@@ -25,6 +25,8 @@ pub mod model;
 #[cfg(feature = "runner")]
 pub mod sampler;
 #[cfg(feature = "runner")]
+pub mod server;
+#[cfg(feature = "runner")]
 pub mod synthetic;
 pub mod threadpool;
 #[cfg(feature = "runner")]

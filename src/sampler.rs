@@ -1,6 +1,7 @@
-//! Next-token sampling as llama.cpp users know it: repetition penalty over
-//! the last tokens, then top-k, top-p and temperature; greedy at
-//! temperature 0. Seeded and reproducible; no allocation per token.
+//! Next-token sampling as llama.cpp users know it: repetition, presence and
+//! frequency penalties over the last tokens, then top-k, top-p and
+//! temperature; greedy at temperature 0. Seeded and reproducible; no
+//! allocation per token.
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
@@ -12,8 +13,14 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// 1.0 disables the penalty.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted once from the logit of every token among the recent ones
+    /// (OpenAI's `presence_penalty`; 0 disables).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit per occurrence among the recent ones
+    /// (OpenAI's `frequency_penalty`; 0 disables).
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
@@ -25,6 +32,8 @@ impl Default for SamplerConfig {
             top_p: 0.95,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -86,6 +95,19 @@ impl Sampler {
                             cand.1 * c.repeat_penalty
                         };
                     }
+                }
+            }
+        }
+        if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+            // As llama.cpp: logit -= count·frequency + (count > 0)·presence,
+            // each distinct token once (its count taken over the history).
+            for (i, &t) in self.history.iter().enumerate() {
+                if self.history[..i].contains(&t) {
+                    continue;
+                }
+                let count = self.history[i..].iter().filter(|&&u| u == t).count() as f32;
+                if let Some(cand) = self.candidates.get_mut(t as usize) {
+                    cand.1 -= count * c.frequency_penalty + c.presence_penalty;
                 }
             }
         }
@@ -159,6 +181,29 @@ mod tests {
         s.accept(1);
         s.accept(1);
         assert_eq!(s.sample(&[0.1, 2.0, 1.9, -1.0]), 2, "2.0 / 2 = 1.0 < 1.9");
+        // Presence: -0.15 once; frequency: -0.1 per occurrence.
+        let mut s = Sampler::new(
+            SamplerConfig {
+                presence_penalty: 0.15,
+                ..greedy
+            },
+            4,
+        );
+        s.accept(1);
+        s.accept(1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9, -1.0]), 2, "2.0 - 0.15 < 1.9");
+        let mut s = Sampler::new(
+            SamplerConfig {
+                frequency_penalty: 0.04,
+                ..greedy
+            },
+            4,
+        );
+        s.accept(1);
+        s.accept(1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9, -1.0]), 1, "2.0 - 0.08 > 1.9");
+        s.accept(1);
+        assert_eq!(s.sample(&[0.1, 2.0, 1.9, -1.0]), 2, "2.0 - 0.12 < 1.9");
     }
 
     #[test]

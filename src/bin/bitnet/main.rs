@@ -16,6 +16,7 @@ use bitnet_stfma::synthetic::{self, Shape};
 use bitnet_stfma::tokenizer::StreamDecoder;
 
 mod bench;
+mod serve;
 
 /// A failure of a command, by kind: each kind has its own exit status.
 #[derive(Debug)]
@@ -95,6 +96,10 @@ enum Command {
     GenModel(GenModelArgs),
     /// Benchmark prompt processing and decoding (tokens/s), with memory bandwidth and a time breakdown.
     Bench(bench::BenchArgs),
+    /// OpenAI-compatible HTTP server that batches concurrent requests (as llama-server).
+    Serve(serve::ServeArgs),
+    /// Load generator for `serve`: k concurrent streaming clients on loopback.
+    Loadgen(serve::LoadgenArgs),
     /// Show a model's configuration and tensors.
     Info {
         /// Model file (GGUF).
@@ -136,9 +141,15 @@ struct SamplingArgs {
     /// Penalize tokens repeated within the last --repeat-last-n tokens (1.0: off).
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty looks at (0: off, -1: the whole context).
+    /// How many recent tokens the penalties look at (0: off, -1: the whole context).
     #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     repeat_last_n: i64,
+    /// Subtract this from the logit of every recent token (0.0: off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtract this from a token's logit per recent occurrence (0.0: off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
     /// Random seed (-1: from the clock).
     #[arg(short = 's', long, default_value_t = -1, allow_negative_numbers = true)]
     seed: i64,
@@ -187,6 +198,8 @@ impl SamplingArgs {
             top_p: self.top_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed,
         })
     }
@@ -318,6 +331,8 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity(a),
         Command::GenModel(a) => gen_model(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Loadgen(a) => serve::loadgen(a),
         Command::Info { model } => info(&model),
     };
     match r {

@@ -1,0 +1,324 @@
+//! `bitnet serve` (the OpenAI-compatible server of the library's `server`
+//! module) and `bitnet loadgen`, its load generator: k concurrent streaming
+//! clients on loopback, bounded in requests and time, reporting aggregate
+//! generated tok/s, time to first token and per-token latency.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bitnet_stfma::model::Model;
+use bitnet_stfma::server::{self, ServeConfig};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::{model_err, warn_threads, CliError, CliResult};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model file (GGUF).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Concurrent sequences (slots), decoded together each step.
+    #[arg(long = "parallel", visible_alias = "np", default_value_t = 4)]
+    parallel: usize,
+    /// KV cache positions of all slots together, split evenly (0: the model's context per slot).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx: usize,
+    /// Threads (0: one per CPU).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Require `Authorization: Bearer KEY` on the API (not on /health).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests waiting for a slot before new ones get 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Prompt tokens per request per step (long prompts are fed in chunks).
+    #[arg(long, default_value_t = 64)]
+    chunk: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for accepted requests before cancelling them.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout: u64,
+    /// Model name for /v1/models and responses (default: the file name).
+    #[arg(long)]
+    alias: Option<String>,
+}
+
+pub fn serve(a: ServeArgs) -> CliResult {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    warn_threads(a.threads);
+    let model = Model::load(&a.model).map_err(model_err)?;
+    let name = a.alias.clone().unwrap_or_else(|| {
+        a.model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bitnet".into())
+    });
+    let cfg = ServeConfig {
+        host: a.host,
+        port: a.port,
+        parallel: a.parallel,
+        ctx: a.ctx,
+        threads: a.threads,
+        api_key: a.api_key,
+        queue: a.queue,
+        body_limit: a.body_limit,
+        chunk: a.chunk,
+        drain_timeout: Duration::from_secs(a.drain_timeout),
+        model_name: name,
+    };
+    let shutdown = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+    };
+    server::serve(model, cfg, shutdown, |addr| {
+        eprintln!("bitnet serve: listening on http://{addr} (OpenAI API under /v1)");
+    })
+    .map_err(|e| CliError::Other(e.to_string()))
+}
+
+#[derive(Args)]
+pub struct LoadgenArgs {
+    /// The server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent streaming clients to measure, comma-separated.
+    #[arg(short = 'k', long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    clients: Vec<usize>,
+    /// Requests each client sends in turn.
+    #[arg(short = 'r', long, default_value_t = 2)]
+    requests: usize,
+    /// max_tokens of each request.
+    #[arg(short = 'n', long, default_value_t = 32)]
+    max_tokens: usize,
+    /// The prompt of each request (/v1/completions).
+    #[arg(
+        short,
+        long,
+        default_value = "The capital of France is a city that has been known for many years as the"
+    )]
+    prompt: String,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Also measure the time to first token of a request that arrives while k-1 others
+    /// are decoding, against an idle server.
+    #[arg(long)]
+    probe: bool,
+}
+
+/// One finished streaming request.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    ttft: f64,
+    gaps: Vec<f64>,
+    tokens: usize,
+}
+
+fn loopback(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match rest.rfind(':') {
+        Some(i) if !rest.ends_with(']') => &rest[..i],
+        _ => rest,
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// One streaming completion: time to the first text, gaps between texts,
+/// tokens from the usage.
+fn one(a: &LoadgenArgs, agent: &ureq::Agent, max_tokens: usize) -> Result<Sample, String> {
+    let t0 = Instant::now();
+    let mut req = agent.post(&format!("{}/v1/completions", a.url));
+    if let Some(k) = &a.api_key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let body =
+        json!({"prompt": a.prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
+    let resp = req.send_json(body).map_err(|e| e.to_string())?;
+    let mut s = Sample::default();
+    let mut last: Option<Instant> = None;
+    for line in std::io::BufReader::new(resp.into_reader()).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+        if let Some(u) = v.get("usage") {
+            s.tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+        }
+        let text = v["choices"][0]["text"].as_str().unwrap_or("");
+        if !text.is_empty() {
+            let now = Instant::now();
+            match last {
+                None => s.ttft = (now - t0).as_secs_f64(),
+                Some(l) => s.gaps.push((now - l).as_secs_f64()),
+            }
+            last = Some(now);
+        }
+    }
+    Ok(s)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The server's resident memory from its /metrics, in MB.
+fn server_rss(a: &LoadgenArgs, agent: &ureq::Agent) -> Option<f64> {
+    let mut req = agent.get(&format!("{}/metrics", a.url));
+    if let Some(k) = &a.api_key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let text = req.call().ok()?.into_string().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|b| b / 1e6)
+}
+
+/// `k` clients, each sending `requests` requests in turn.
+fn round(
+    a: &LoadgenArgs,
+    agent: &ureq::Agent,
+    k: usize,
+    deadline: Instant,
+) -> Result<(Vec<Sample>, f64), String> {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let errors: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..k)
+            .map(|_| {
+                let samples = samples.clone();
+                sc.spawn(move || -> Result<(), String> {
+                    for _ in 0..a.requests {
+                        if Instant::now() > deadline {
+                            return Err("timeout".into());
+                        }
+                        let s = one(a, agent, a.max_tokens)?;
+                        samples.lock().unwrap().push(s);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .filter_map(|h| h.join().ok().and_then(|r| r.err()))
+            .collect()
+    });
+    if let Some(e) = errors.first() {
+        return Err(e.clone());
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let s = Arc::try_unwrap(samples).unwrap().into_inner().unwrap();
+    Ok((s, wall))
+}
+
+pub fn loadgen(a: LoadgenArgs) -> CliResult {
+    if !loopback(&a.url) {
+        return Err(CliError::Usage(format!(
+            "{}: the load generator only talks to a server on loopback (127.0.0.1, localhost, [::1])",
+            a.url
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(a.timeout))
+        .max_idle_connections_per_host(64)
+        .build();
+    let rss0 = server_rss(&a, &agent);
+    println!("| clients | requests | generated tok/s (all clients) | TTFT p50 ms | TTFT p99 ms | per-token p50 ms | per-token p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for &k in &a.clients {
+        let (samples, wall) = round(&a, &agent, k, deadline).map_err(CliError::Other)?;
+        let tokens: usize = samples.iter().map(|s| s.tokens).sum();
+        let mut ttft: Vec<f64> = samples.iter().map(|s| s.ttft * 1e3).collect();
+        let mut gaps: Vec<f64> = samples
+            .iter()
+            .flat_map(|s| s.gaps.iter().map(|g| g * 1e3))
+            .collect();
+        println!(
+            "| {k} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            samples.len(),
+            tokens as f64 / wall,
+            pct(&mut ttft, 0.5),
+            pct(&mut ttft, 0.99),
+            pct(&mut gaps, 0.5),
+            pct(&mut gaps, 0.99)
+        );
+    }
+    if a.probe {
+        // Time to first token of one request on an idle server, then while
+        // k-1 streams decode (for the largest k).
+        let k = a.clients.iter().copied().max().unwrap_or(8).max(2);
+        let idle: Vec<f64> = (0..3)
+            .map(|_| one(&a, &agent, 4).map(|s| s.ttft * 1e3))
+            .collect::<Result<_, _>>()
+            .map_err(CliError::Other)?;
+        let busy = std::thread::scope(|sc| -> Result<Vec<f64>, String> {
+            let bg: Vec<_> = (0..k - 1)
+                .map(|_| sc.spawn(|| one(&a, &agent, a.max_tokens.max(64))))
+                .collect();
+            std::thread::sleep(Duration::from_millis(500));
+            let r = (0..3)
+                .map(|_| one(&a, &agent, 4).map(|s| s.ttft * 1e3))
+                .collect::<Result<Vec<_>, _>>();
+            for h in bg {
+                let _ = h.join();
+            }
+            r
+        })
+        .map_err(CliError::Other)?;
+        let (mut idle, mut busy) = (idle, busy);
+        let (i, b) = (pct(&mut idle, 0.5), pct(&mut busy, 0.5));
+        println!(
+            "time to first token: idle {i:.0} ms, with {} others decoding {b:.0} ms ({:.2}x)",
+            k - 1,
+            b / i
+        );
+    }
+    if let (Some(r0), Some(r1)) = (rss0, server_rss(&a, &agent)) {
+        println!("server RSS: {r0:.0} MB before, {r1:.0} MB after");
+    }
+    Ok(())
+}
