@@ -61,6 +61,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     warn_threads(a.threads);
