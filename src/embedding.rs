@@ -8,7 +8,9 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::{dot_f16, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK};
+use crate::kernels::{
+    dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK,
+};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -100,64 +102,136 @@ impl<'a> Matrix<'a> {
     /// converted as ggml converts a matmul's activations for this weight
     /// type: rounded to f16 for an F16 matrix, quantized to Q8_0 blocks for
     /// Q8_0 and to Q8_K blocks for Q6_K (then integer dots), kept in f32
-    /// for F32. `acts` is scratch of the matrix's `dim` (allocation-free).
+    /// for F32. `acts` is scratch (allocation-free once sized).
     pub fn matvec(&self, x: &[f32], acts: &mut Activations, out: &mut [f32], pool: &ThreadPool) {
         assert!(x.len() == self.dim && out.len() >= self.rows);
-        acts.convert(self.ty, x);
+        acts.convert(self.ty, x, 1);
         let acts = &*acts;
-        const CHUNK: usize = 512;
-        pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
-            let r0 = t * CHUNK;
-            for (o, r) in o.iter_mut().zip(r0..) {
-                let row = self.row(r);
-                *o = match self.ty {
-                    GgmlType::F16 => dot_f16(row, &acts.float),
-                    GgmlType::Q8_0 => dot_q8_0(row, &acts.q, &acts.d),
-                    GgmlType::Q6K => dot_q6k_q8k(row, &acts.q, &acts.d),
-                    _ => row
-                        .chunks_exact(4)
-                        .zip(&acts.float)
-                        .map(|(b, v)| f32::from_le_bytes(b.try_into().unwrap()) * v)
-                        .sum(),
-                };
-            }
+        pool.run_chunks(&mut out[..self.rows], HEAD_CHUNK, &|t, o| {
+            self.dots(t * HEAD_CHUNK, acts, 1, o);
         });
+    }
+
+    /// [`Matrix::matvec`] of `n` vectors at once (`xs` holds them back to
+    /// back; `out` gets `n` runs of `rows` results): each row is read once
+    /// for all of them, and every result is bit-identical to `matvec`'s.
+    /// `scratch` holds the row-major products before they are transposed.
+    pub fn matmul(
+        &self,
+        xs: &[f32],
+        n: usize,
+        acts: &mut Activations,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        assert!(xs.len() == n * self.dim && out.len() >= n * self.rows);
+        if n == 1 {
+            return self.matvec(xs, acts, out, pool);
+        }
+        acts.convert(self.ty, xs, n);
+        let acts = &*acts;
+        scratch.resize(self.rows * n, 0.0);
+        pool.run_chunks(&mut scratch[..], HEAD_CHUNK * n, &|t, o| {
+            self.dots(t * HEAD_CHUNK, acts, n, o);
+        });
+        for (r, vals) in scratch.chunks_exact(n).enumerate() {
+            for (j, &v) in vals.iter().enumerate() {
+                out[j * self.rows + r] = v;
+            }
+        }
+    }
+
+    /// Rows from `r0` on against `n` converted vectors, row-major into `o`.
+    fn dots(&self, r0: usize, acts: &Activations, n: usize, o: &mut [f32]) {
+        let (dim, blocks) = (self.dim, acts.blocks);
+        for (i, o) in o.chunks_exact_mut(n).enumerate() {
+            let row = self.row(r0 + i);
+            let x = |j: usize| &acts.float[j * dim..(j + 1) * dim];
+            match self.ty {
+                GgmlType::F16 => {
+                    let mut j = 0;
+                    while j + 2 <= n {
+                        (o[j], o[j + 1]) = dot_f16_pair(row, x(j), x(j + 1));
+                        j += 2;
+                    }
+                    if j < n {
+                        o[j] = dot_f16(row, x(j));
+                    }
+                }
+                ty => {
+                    for (j, o) in o.iter_mut().enumerate() {
+                        let (q, d) = (
+                            &acts.q[j * dim..(j + 1) * dim],
+                            &acts.d[j * blocks..(j + 1) * blocks],
+                        );
+                        *o = match ty {
+                            GgmlType::Q8_0 => dot_q8_0(row, q, d),
+                            GgmlType::Q6K => dot_q6k_q8k(row, q, d),
+                            _ => row
+                                .chunks_exact(4)
+                                .zip(x(j))
+                                .map(|(b, v)| f32::from_le_bytes(b.try_into().unwrap()) * v)
+                                .sum(),
+                        };
+                    }
+                }
+            }
+        }
     }
 }
 
-/// A matmul's activations in the form its weight type's dot takes: floats
-/// (f16-rounded for F16), or int8 values with one scale per block (32 for
-/// Q8_0, 256 for Q8_K).
+/// Rows per task of the LM head.
+const HEAD_CHUNK: usize = 512;
+
+/// A matmul's activations (one or more vectors) in the form its weight
+/// type's dot takes: floats (f16-rounded for F16), or int8 values with one
+/// scale per block (32 for Q8_0, 256 for Q8_K).
 pub struct Activations {
     float: Vec<f32>,
     q: Vec<i8>,
     d: Vec<f32>,
+    /// Scales per vector.
+    blocks: usize,
 }
 
 impl Activations {
-    /// Scratch for activations of `dim` values.
+    /// Scratch for one vector of `dim` values (grows for more).
     pub fn new(dim: usize) -> Activations {
         Activations {
             float: vec![0.0; dim],
             q: vec![0; dim],
             d: vec![0.0; dim.div_ceil(32)],
+            blocks: 0,
         }
     }
 
-    fn convert(&mut self, ty: GgmlType, x: &[f32]) {
-        let n = x.len();
-        self.float.resize(n, 0.0);
-        self.q.resize(n, 0);
-        self.d.resize(n.div_ceil(32), 0.0);
+    /// Converts the `n` vectors of `xs` for weight type `ty`.
+    fn convert(&mut self, ty: GgmlType, xs: &[f32], n: usize) {
+        let len = xs.len();
+        let dim = len / n;
+        self.blocks = dim.div_ceil(32);
+        self.float.resize(len, 0.0);
+        self.q.resize(len, 0);
+        self.d.resize(self.blocks * n, 0.0);
         match ty {
             GgmlType::F16 => {
-                for (o, &v) in self.float.iter_mut().zip(x) {
+                for (o, &v) in self.float.iter_mut().zip(xs) {
                     *o = f16::from_f32(v).to_f32();
                 }
             }
-            GgmlType::Q8_0 => quantize_q8_0(x, &mut self.q, &mut self.d),
-            GgmlType::Q6K => quantize_q8k(x, &mut self.q, &mut self.d),
-            _ => self.float.copy_from_slice(x),
+            GgmlType::Q8_0 | GgmlType::Q6K => {
+                for j in 0..n {
+                    let (x, q) = (&xs[j * dim..(j + 1) * dim], &mut self.q[j * dim..(j + 1) * dim]);
+                    let d = &mut self.d[j * self.blocks..(j + 1) * self.blocks];
+                    if ty == GgmlType::Q8_0 {
+                        quantize_q8_0(x, q, d);
+                    } else {
+                        quantize_q8k(x, q, d);
+                    }
+                }
+            }
+            _ => self.float.copy_from_slice(xs),
         }
     }
 }

@@ -440,6 +440,8 @@ pub fn quantize_activations_with(k: Kernel, x: &[f32], q: &mut [i8]) -> (f32, i3
 /// arguments of the public wrappers below ([`dot_f16`] and the rest).
 pub struct FloatKernels {
     pub dot_f16: fn(&[u8], &[f32]) -> f32,
+    /// Two `dot_f16`s of one row, each bit-identical to `dot_f16`'s.
+    pub dot_f16_pair: fn(&[u8], &[f32], &[f32]) -> (f32, f32),
     pub axpy_f16: fn(f32, &[u8], &mut [f32]),
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
     pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
@@ -458,6 +460,7 @@ pub struct FloatKernels {
 
 static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16: scalar::dot_f16,
+    dot_f16_pair: scalar::dot_f16_pair,
     axpy_f16: scalar::axpy_f16,
     dot_i8: scalar::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
@@ -474,6 +477,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
 #[cfg(target_arch = "x86_64")]
 static AVX2_FLOAT: FloatKernels = FloatKernels {
     dot_f16: |r, x| unsafe { avx2::dot_f16(r, x) },
+    dot_f16_pair: |r, a, b| unsafe { avx2::dot_f16_pair(r, a, b) },
     axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
     dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
@@ -502,6 +506,7 @@ static AVX512_FLOAT: FloatKernels = FloatKernels {
 #[cfg(target_arch = "aarch64")]
 static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16: neon::dot_f16,
+    dot_f16_pair: |r, a, b| (neon::dot_f16(r, a), neon::dot_f16(r, b)),
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
@@ -535,6 +540,12 @@ pub fn float() -> &'static FloatKernels {
 /// Dot of a row of little-endian f16 values with f32 `x` (the shorter length).
 pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     (float().dot_f16)(row, x)
+}
+
+/// [`dot_f16`] of one row with two vectors (the row read once), each
+/// result bit-identical to `dot_f16`'s.
+pub fn dot_f16_pair(row: &[u8], x0: &[f32], x1: &[f32]) -> (f32, f32) {
+    (float().dot_f16_pair)(row, x0, x1)
 }
 
 /// `out += a * v` for a row of little-endian f16 values `v`.
@@ -892,6 +903,14 @@ pub(crate) mod tests {
                 assert!(
                     close((t.dot_f16)(&w, &x), (s.dot_f16)(&w, &x), 1e-4),
                     "{name} dot_f16 n={n}"
+                );
+                // The pair form is bit-identical to the single one, per table.
+                let x1: Vec<f32> = x.iter().map(|v| v * -0.7 + 0.1).collect();
+                let (p0, p1) = (t.dot_f16_pair)(&w, &x, &x1);
+                assert_eq!(
+                    (p0.to_bits(), p1.to_bits()),
+                    ((t.dot_f16)(&w, &x).to_bits(), (t.dot_f16)(&w, &x1).to_bits()),
+                    "{name} dot_f16_pair n={n}"
                 );
                 let (mut a, mut b) = (x.clone(), x.clone());
                 (t.axpy_f16)(0.7, &w, &mut a);

@@ -89,6 +89,12 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// [`dot_f16`] of one row with two vectors: each result exactly as
+/// `dot_f16` gives it.
+pub fn dot_f16_pair(row: &[u8], x0: &[f32], x1: &[f32]) -> (f32, f32) {
+    (dot_f16(row, x0), dot_f16(row, x1))
+}
+
 /// `out += a * v` for a row of little-endian f16 values `v`.
 pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate().take(v.len() / 2) {

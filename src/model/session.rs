@@ -73,6 +73,11 @@ pub struct Session<'m> {
     /// The hidden state converted for the LM head's type.
     head_acts: Activations,
     logits: Vec<f32>,
+    /// Batched steps: the final hidden states, their logits and the head's
+    /// scratch (grown on first use).
+    hidden_batch: Vec<f32>,
+    logits_batch: Vec<f32>,
+    head_scratch: Vec<f32>,
     acts_dim: ActBatch,
     acts_ffn: ActBatch,
     /// Attention tasks wanted per thread (tests lower it to get whole groups).
@@ -135,6 +140,9 @@ impl<'m> Session<'m> {
             hidden: zeros(c.dim),
             hidden_q: vec![0; c.dim],
             head_acts: Activations::new(c.dim),
+            hidden_batch: Vec::new(),
+            logits_batch: Vec::new(),
+            head_scratch: Vec::new(),
             logits: zeros(c.vocab_size),
             acts_dim: ActBatch::new(c.dim, b),
             acts_ffn: ActBatch::new(c.ffn_dim, b),
@@ -304,11 +312,44 @@ impl<'m> Session<'m> {
             layout.push((seg.slot, seg.tokens.len()));
         }
         self.batch(&layout, &tokens);
+        // The LM head once for every segment's last row: each head row is
+        // read once for all of them (the results are those of a lone row).
+        let s = self.clock();
+        let m = self.model;
+        let (dim, vocab, n) = (m.config.dim, m.config.vocab_size, segments.len());
+        self.hidden_batch.resize(n * dim, 0.0);
+        self.logits_batch.resize(n * vocab, 0.0);
         let mut row = 0;
         for (i, seg) in segments.iter().enumerate() {
             row += seg.tokens.len();
-            self.logits_for(row - 1);
-            each(i, &self.logits);
+            rmsnorm(
+                &mut self.hidden_batch[i * dim..(i + 1) * dim],
+                &self.x[(row - 1) * dim..row * dim],
+                &m.output_norm,
+                m.config.eps,
+            );
+        }
+        match &m.q8_head {
+            Some(_) => {
+                let mut row = 0;
+                for (i, seg) in segments.iter().enumerate() {
+                    row += seg.tokens.len();
+                    self.logits_for(row - 1);
+                    self.logits_batch[i * vocab..(i + 1) * vocab].copy_from_slice(&self.logits);
+                }
+            }
+            None => m.head_matrix().matmul(
+                &self.hidden_batch,
+                n,
+                &mut self.head_acts,
+                &mut self.head_scratch,
+                &mut self.logits_batch,
+                &self.pool,
+            ),
+        }
+        self.timings.head += Self::since(s);
+        for i in 0..n {
+            each(i, &self.logits_batch[i * vocab..(i + 1) * vocab]);
         }
         Ok(())
     }
