@@ -8,9 +8,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::{
-    dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK,
-};
+use crate::kernels::{dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -151,6 +149,19 @@ impl<'a> Matrix<'a> {
             match self.ty {
                 GgmlType::F16 => {
                     let mut j = 0;
+                    if let Some(pairs) = acts.pairs_kernel {
+                        // Up to 8 vectors per call, from the interleaved copy.
+                        while j + 2 <= n {
+                            let k = (n - j).min(8) & !1;
+                            pairs(
+                                row,
+                                &acts.pairs[j * dim..(j + k) * dim],
+                                dim,
+                                &mut o[j..j + k],
+                            );
+                            j += k;
+                        }
+                    }
                     while j + 2 <= n {
                         (o[j], o[j + 1]) = dot_f16_pair(row, x(j), x(j + 1));
                         j += 2;
@@ -189,17 +200,25 @@ const HEAD_CHUNK: usize = 512;
 /// scale per block (32 for Q8_0, 256 for Q8_K).
 pub struct Activations {
     float: Vec<f32>,
+    /// For the F16 pairs kernel, where the CPU has one: the vectors
+    /// interleaved two by two (see [`crate::kernels::interleave_pairs`]).
+    pairs: Vec<f32>,
+    pairs_kernel: Option<PairsKernel>,
     q: Vec<i8>,
     d: Vec<f32>,
     /// Scales per vector.
     blocks: usize,
 }
 
+type PairsKernel = fn(&[u8], &[f32], usize, &mut [f32]);
+
 impl Activations {
     /// Scratch for one vector of `dim` values (grows for more).
     pub fn new(dim: usize) -> Activations {
         Activations {
             float: vec![0.0; dim],
+            pairs: Vec::new(),
+            pairs_kernel: None,
             q: vec![0; dim],
             d: vec![0.0; dim.div_ceil(32)],
             blocks: 0,
@@ -214,15 +233,32 @@ impl Activations {
         self.float.resize(len, 0.0);
         self.q.resize(len, 0);
         self.d.resize(self.blocks * n, 0.0);
+        self.pairs_kernel = None;
         match ty {
             GgmlType::F16 => {
                 for (o, &v) in self.float.iter_mut().zip(xs) {
                     *o = f16::from_f32(v).to_f32();
                 }
+                let kernel = crate::kernels::float().dot_f16_pairs;
+                if n >= 2 && dim.is_multiple_of(8) && kernel.is_some() {
+                    let even = n & !1;
+                    self.pairs.resize(even * dim, 0.0);
+                    for p in 0..even / 2 {
+                        crate::kernels::interleave_pairs(
+                            &self.float[2 * p * dim..(2 * p + 1) * dim],
+                            &self.float[(2 * p + 1) * dim..(2 * p + 2) * dim],
+                            &mut self.pairs[2 * p * dim..(2 * p + 2) * dim],
+                        );
+                    }
+                    self.pairs_kernel = kernel;
+                }
             }
             GgmlType::Q8_0 | GgmlType::Q6K => {
                 for j in 0..n {
-                    let (x, q) = (&xs[j * dim..(j + 1) * dim], &mut self.q[j * dim..(j + 1) * dim]);
+                    let (x, q) = (
+                        &xs[j * dim..(j + 1) * dim],
+                        &mut self.q[j * dim..(j + 1) * dim],
+                    );
                     let d = &mut self.d[j * self.blocks..(j + 1) * self.blocks];
                     if ty == GgmlType::Q8_0 {
                         quantize_q8_0(x, q, d);

@@ -334,7 +334,8 @@ pub unsafe fn dot_f16_pair(row: &[u8], x0: &[f32], x1: &[f32]) -> (f32, f32) {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
         let mut total: f32 = lanes.iter().sum();
         for k in i..n {
-            total += f16::from_bits(u16::from_le_bytes([row[2 * k], row[2 * k + 1]])).to_f32() * x[k];
+            total +=
+                f16::from_bits(u16::from_le_bytes([row[2 * k], row[2 * k + 1]])).to_f32() * x[k];
         }
         total
     };

@@ -316,3 +316,73 @@ unsafe fn weighted_sum_n<const G: usize>(
         s0 = s1;
     }
 }
+
+/// The LM head's f16 row against `out.len()` vectors (an even number, at
+/// most 8) stored as interleaved pairs: pair `p` holds, for each block of 8
+/// positions, the 8 values of its first vector then the 8 of its second
+/// (`xi[p*2*dim ..]`). Each 512-bit register carries the same 8-lane
+/// accumulator of `avx2::dot_f16` for two vectors, so every result is bit
+/// for bit `dot_f16`'s, at half the FMAs and one row conversion for all.
+///
+/// # Safety
+/// AVX-512 F/VL with AVX2, FMA and F16C are present; `dim` is a multiple of
+/// 8, `row` holds `dim` f16 values and `xi` `out.len() * dim` floats.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+pub unsafe fn dot_f16_pairs(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32]) {
+    // SAFETY (all arms): forwarded contract.
+    unsafe {
+        match out.len() / 2 {
+            1 => dot_f16_pairs_n::<1>(row, xi, dim, out),
+            2 => dot_f16_pairs_n::<2>(row, xi, dim, out),
+            3 => dot_f16_pairs_n::<3>(row, xi, dim, out),
+            _ => dot_f16_pairs_n::<4>(row, xi, dim, out),
+        }
+    }
+}
+
+/// # Safety
+/// As [`dot_f16_pairs`], with `out.len() == 2 * P`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn dot_f16_pairs_n<const P: usize>(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32]) {
+    debug_assert!(dim.is_multiple_of(8) && row.len() >= 2 * dim && xi.len() >= 2 * P * dim);
+    let mut acc = [[_mm512_setzero_ps(); 4]; P];
+    // The 8 weights at `i`, converted, in both halves.
+    let w8 = |i: usize| {
+        // SAFETY: i + 8 <= dim halves of the row.
+        unsafe {
+            _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                row.as_ptr().add(2 * i) as *const __m128i,
+            )))
+        }
+    };
+    // Pair p's 16 values of the block at position i.
+    let x16 = |p: usize, i: usize| {
+        // SAFETY: block i/8 of pair p is in bounds (i + 8 <= dim).
+        unsafe { _mm512_loadu_ps(xi.as_ptr().add(p * 2 * dim + 2 * i)) }
+    };
+    let mut i = 0;
+    while i + 32 <= dim {
+        let w = [w8(i), w8(i + 8), w8(i + 16), w8(i + 24)];
+        for (p, a) in acc.iter_mut().enumerate() {
+            for k in 0..4 {
+                a[k] = _mm512_fmadd_ps(w[k], x16(p, i + 8 * k), a[k]);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= dim {
+        let w = w8(i);
+        for (p, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm512_fmadd_ps(w, x16(p, i), a[0]);
+        }
+        i += 8;
+    }
+    for (p, a) in acc.iter().enumerate() {
+        let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        let mut lanes = [0f32; 16];
+        // SAFETY: 16 floats of room.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), s) };
+        out[2 * p] = lanes[..8].iter().sum();
+        out[2 * p + 1] = lanes[8..].iter().sum();
+    }
+}
