@@ -131,8 +131,8 @@ pub struct LoadgenArgs {
     timeout: u64,
     #[arg(long)]
     api_key: Option<String>,
-    /// Also measure the time to first token of a request that arrives while k-1 others
-    /// are decoding, against an idle server.
+    /// Also measure the time to first token of a request with a 32-token prompt (BOS and
+    /// 31 times " the") that arrives while 7 others are decoding, against an idle server.
     #[arg(long)]
     probe: bool,
 }
@@ -162,13 +162,22 @@ fn loopback(url: &str) -> bool {
 /// One streaming completion: time to the first text, gaps between texts,
 /// tokens from the usage.
 fn one(a: &LoadgenArgs, agent: &ureq::Agent, max_tokens: usize) -> Result<Sample, String> {
+    one_with(a, agent, &a.prompt, max_tokens)
+}
+
+fn one_with(
+    a: &LoadgenArgs,
+    agent: &ureq::Agent,
+    prompt: &str,
+    max_tokens: usize,
+) -> Result<Sample, String> {
     let t0 = Instant::now();
     let mut req = agent.post(&format!("{}/v1/completions", a.url));
     if let Some(k) = &a.api_key {
         req = req.set("Authorization", &format!("Bearer {k}"));
     }
     let body =
-        json!({"prompt": a.prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
     let resp = req.send_json(body).map_err(|e| e.to_string())?;
     let mut s = Sample::default();
     let mut last: Option<Instant> = None;
@@ -289,32 +298,48 @@ pub fn loadgen(a: LoadgenArgs) -> CliResult {
         );
     }
     if a.probe {
-        // Time to first token of one request on an idle server, then while
-        // k-1 streams decode (for the largest k).
-        let k = a.clients.iter().copied().max().unwrap_or(8).max(2);
-        let idle: Vec<f64> = (0..3)
-            .map(|_| one(&a, &agent, 4).map(|s| s.ttft * 1e3))
-            .collect::<Result<_, _>>()
+        // Time to first token of a 32-token prompt on an idle server, then
+        // while 7 streams decode.
+        let probe = " the".repeat(31);
+        let ttft = || -> Result<f64, String> {
+            let s = one_with(&a, &agent, &probe, 2)?;
+            Ok(s.ttft * 1e3)
+        };
+        let mut idle = (0..5)
+            .map(|_| ttft())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(CliError::Other)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
         let busy = std::thread::scope(|sc| -> Result<Vec<f64>, String> {
-            let bg: Vec<_> = (0..k - 1)
-                .map(|_| sc.spawn(|| one(&a, &agent, a.max_tokens.max(64))))
+            let bg: Vec<_> = (0..7)
+                .map(|_| {
+                    sc.spawn(|| {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            if one(&a, &agent, 64).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                })
                 .collect();
-            std::thread::sleep(Duration::from_millis(500));
-            let r = (0..3)
-                .map(|_| one(&a, &agent, 4).map(|s| s.ttft * 1e3))
+            std::thread::sleep(Duration::from_millis(1500));
+            let r = (0..5)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(137));
+                    ttft()
+                })
                 .collect::<Result<Vec<_>, _>>();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             for h in bg {
                 let _ = h.join();
             }
             r
         })
         .map_err(CliError::Other)?;
-        let (mut idle, mut busy) = (idle, busy);
+        let mut busy = busy;
         let (i, b) = (pct(&mut idle, 0.5), pct(&mut busy, 0.5));
         println!(
-            "time to first token: idle {i:.0} ms, with {} others decoding {b:.0} ms ({:.2}x)",
-            k - 1,
+            "time to first token, 32-token prompt (medians of 5): idle {i:.0} ms, with 7 others decoding {b:.0} ms ({:.2}x)",
             b / i
         );
     }
