@@ -460,13 +460,13 @@ fn every_family_runs_from_the_command_line() {
         assert!(info.contains(family), "{name}: {info}");
         let eval = ok(&bitnet(&["eval", "-m", m, "-p", prompt, "--top", "2"]));
         assert_eq!(eval.lines().count(), tokens.len(), "{name}: {eval}");
-        let text = tmp(&format!("{name}-ppl.txt"));
+        let file = tmp(&format!("{name}-ppl.txt"));
         std::fs::write(
-            &text,
+            &file,
             "The quick brown fox jumps over the lazy dog. ".repeat(20),
         )
         .unwrap();
-        let ppl = bitnet(&["perplexity", "-m", m, "-f", p(&text), "-c", "32"]);
+        let ppl = bitnet(&["perplexity", "-m", m, "-f", p(&file), "-c", "32"]);
         let out = ok(&ppl) + &text(&ppl.stderr);
         assert!(out.contains("perplexity"), "{name}: {out}");
         let chat = bitnet_stdin(&["chat", "-m", m, "-n", "4", "--temp", "0"], "Hi\n");
