@@ -357,6 +357,9 @@ fn run(
         finished.sort_unstable();
         for &(i, finish) in finished.iter().rev() {
             let mut a = active.remove(i);
+            // (before the client hears of the end, so that what it then
+            // reads from /metrics already counts the slot free)
+            metrics.active_slots.store(active.len(), Ordering::Relaxed);
             if finish != "stop" || !a.stop.stopped {
                 let tail = a.decoder.finish();
                 let (mut text, _) = a.stop.push(&tail);
