@@ -143,25 +143,38 @@ impl<'a> Matrix<'a> {
     /// Rows from `r0` on against `n` converted vectors, row-major into `o`.
     fn dots(&self, r0: usize, acts: &Activations, n: usize, o: &mut [f32]) {
         let (dim, blocks) = (self.dim, acts.blocks);
+        let x = |j: usize| &acts.float[j * dim..(j + 1) * dim];
+        let rows = o.len() / n;
+        if self.ty == GgmlType::F16 {
+            if let Some(pairs) = acts.pairs_kernel {
+                // Two pairs of vectors per call (their 4·dim floats stay in
+                // L1), over blocks of rows that stay in L2 while every pair
+                // group passes over them.
+                const BLOCK: usize = 32;
+                let even = n & !1;
+                for b0 in (0..rows).step_by(BLOCK) {
+                    let b1 = (b0 + BLOCK).min(rows);
+                    for j in (0..even).step_by(4) {
+                        let k = (even - j).min(4);
+                        let xs = &acts.pairs[j * dim..(j + k) * dim];
+                        for r in b0..b1 {
+                            pairs(self.row(r0 + r), xs, dim, &mut o[r * n + j..r * n + j + k]);
+                        }
+                    }
+                    if even < n {
+                        for r in b0..b1 {
+                            o[r * n + even] = dot_f16(self.row(r0 + r), x(even));
+                        }
+                    }
+                }
+                return;
+            }
+        }
         for (i, o) in o.chunks_exact_mut(n).enumerate() {
             let row = self.row(r0 + i);
-            let x = |j: usize| &acts.float[j * dim..(j + 1) * dim];
             match self.ty {
                 GgmlType::F16 => {
                     let mut j = 0;
-                    if let Some(pairs) = acts.pairs_kernel {
-                        // Up to 8 vectors per call, from the interleaved copy.
-                        while j + 2 <= n {
-                            let k = (n - j).min(8) & !1;
-                            pairs(
-                                row,
-                                &acts.pairs[j * dim..(j + k) * dim],
-                                dim,
-                                &mut o[j..j + k],
-                            );
-                            j += k;
-                        }
-                    }
                     while j + 2 <= n {
                         (o[j], o[j + 1]) = dot_f16_pair(row, x(j), x(j + 1));
                         j += 2;

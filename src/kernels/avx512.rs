@@ -346,34 +346,49 @@ pub unsafe fn dot_f16_pairs(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32])
 unsafe fn dot_f16_pairs_n<const P: usize>(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32]) {
     debug_assert!(dim.is_multiple_of(8) && row.len() >= 2 * dim && xi.len() >= 2 * P * dim);
     let mut acc = [[_mm512_setzero_ps(); 4]; P];
-    // The 8 weights at `i`, converted, in both halves.
-    let w8 = |i: usize| {
-        // SAFETY: i + 8 <= dim halves of the row.
-        unsafe {
-            _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                row.as_ptr().add(2 * i) as *const __m128i,
-            )))
-        }
-    };
-    // Pair p's 16 values of the block at position i.
-    let x16 = |p: usize, i: usize| {
-        // SAFETY: block i/8 of pair p is in bounds (i + 8 <= dim).
-        unsafe { _mm512_loadu_ps(xi.as_ptr().add(p * 2 * dim + 2 * i)) }
-    };
+    let (r, x) = (row.as_ptr(), xi.as_ptr());
     let mut i = 0;
     while i + 32 <= dim {
-        let w = [w8(i), w8(i + 8), w8(i + 16), w8(i + 24)];
-        for (p, a) in acc.iter_mut().enumerate() {
-            for k in 0..4 {
-                a[k] = _mm512_fmadd_ps(w[k], x16(p, i + 8 * k), a[k]);
+        // SAFETY: i + 32 <= dim: the row's 32 halves from i and, for every
+        // pair p, its 64 floats from p*2*dim + 2*i are in bounds.
+        unsafe {
+            // The next row (the caller walks rows in order): ask for it
+            // early, the x vectors keep the prefetchers busy.
+            _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(2 * dim + 2 * i) as *const i8);
+            // The 8 weights at i + 8k, converted, in both halves.
+            let w = [
+                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    r.add(2 * i) as *const __m128i
+                ))),
+                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    r.add(2 * i + 16) as *const __m128i,
+                ))),
+                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    r.add(2 * i + 32) as *const __m128i,
+                ))),
+                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    r.add(2 * i + 48) as *const __m128i,
+                ))),
+            ];
+            for (p, a) in acc.iter_mut().enumerate() {
+                let xp = x.add(p * 2 * dim + 2 * i);
+                a[0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), a[0]);
+                a[1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp.add(16)), a[1]);
+                a[2] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp.add(32)), a[2]);
+                a[3] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xp.add(48)), a[3]);
             }
         }
         i += 32;
     }
     while i + 8 <= dim {
-        let w = w8(i);
-        for (p, a) in acc.iter_mut().enumerate() {
-            a[0] = _mm512_fmadd_ps(w, x16(p, i), a[0]);
+        // SAFETY: as above, for 8 values.
+        unsafe {
+            let w = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
+                r.add(2 * i) as *const __m128i
+            )));
+            for (p, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x.add(p * 2 * dim + 2 * i)), a[0]);
+            }
         }
         i += 8;
     }

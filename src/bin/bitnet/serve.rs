@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Model name for /v1/models and responses (default: the file name).
     #[arg(long)]
     alias: Option<String>,
+    /// Use an 8-bit copy of the LM head (faster, especially batched; logits differ slightly
+    /// from bitnet.cpp's).
+    #[arg(long)]
+    q8_head: bool,
 }
 
 pub fn serve(a: ServeArgs) -> CliResult {
@@ -65,7 +69,11 @@ pub fn serve(a: ServeArgs) -> CliResult {
         .with_writer(std::io::stderr)
         .try_init();
     warn_threads(a.threads);
-    let model = Model::load(&a.model).map_err(model_err)?;
+    let model = Model::load_with(
+        &a.model,
+        bitnet_stfma::model::LoadOptions { q8_head: a.q8_head },
+    )
+    .map_err(model_err)?;
     let name = a.alias.clone().unwrap_or_else(|| {
         a.model
             .file_stem()
