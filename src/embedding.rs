@@ -146,24 +146,19 @@ impl<'a> Matrix<'a> {
         let x = |j: usize| &acts.float[j * dim..(j + 1) * dim];
         let rows = o.len() / n;
         if self.ty == GgmlType::F16 {
-            if let Some(pairs) = acts.pairs_kernel {
-                // Two pairs of vectors per call (their 4·dim floats stay in
-                // L1), over blocks of rows that stay in L2 while every pair
-                // group passes over them.
+            if let Some(cols) = acts.cols_kernel {
+                // Up to GROUP vectors per call (their floats stay in L1),
+                // over blocks of rows that stay in L2 while every group
+                // passes over them.
                 const BLOCK: usize = 32;
-                let even = n & !1;
+                const GROUP: usize = 4;
                 for b0 in (0..rows).step_by(BLOCK) {
                     let b1 = (b0 + BLOCK).min(rows);
-                    for j in (0..even).step_by(4) {
-                        let k = (even - j).min(4);
-                        let xs = &acts.pairs[j * dim..(j + k) * dim];
+                    for j in (0..n).step_by(GROUP) {
+                        let k = (n - j).min(GROUP);
+                        let xs = &acts.float[j * dim..(j + k) * dim];
                         for r in b0..b1 {
-                            pairs(self.row(r0 + r), xs, dim, &mut o[r * n + j..r * n + j + k]);
-                        }
-                    }
-                    if even < n {
-                        for r in b0..b1 {
-                            o[r * n + even] = dot_f16(self.row(r0 + r), x(even));
+                            cols(self.row(r0 + r), xs, dim, &mut o[r * n + j..r * n + j + k]);
                         }
                     }
                 }
@@ -213,25 +208,23 @@ const HEAD_CHUNK: usize = 512;
 /// scale per block (32 for Q8_0, 256 for Q8_K).
 pub struct Activations {
     float: Vec<f32>,
-    /// For the F16 pairs kernel, where the CPU has one: the vectors
-    /// interleaved two by two (see [`crate::kernels::interleave_pairs`]).
-    pairs: Vec<f32>,
-    pairs_kernel: Option<PairsKernel>,
+    /// The several-vectors F16 kernel, where the CPU has one and the
+    /// conversion was for several F16 vectors.
+    cols_kernel: Option<ColsKernel>,
     q: Vec<i8>,
     d: Vec<f32>,
     /// Scales per vector.
     blocks: usize,
 }
 
-type PairsKernel = fn(&[u8], &[f32], usize, &mut [f32]);
+type ColsKernel = fn(&[u8], &[f32], usize, &mut [f32]);
 
 impl Activations {
     /// Scratch for one vector of `dim` values (grows for more).
     pub fn new(dim: usize) -> Activations {
         Activations {
             float: vec![0.0; dim],
-            pairs: Vec::new(),
-            pairs_kernel: None,
+            cols_kernel: None,
             q: vec![0; dim],
             d: vec![0.0; dim.div_ceil(32)],
             blocks: 0,
@@ -246,24 +239,14 @@ impl Activations {
         self.float.resize(len, 0.0);
         self.q.resize(len, 0);
         self.d.resize(self.blocks * n, 0.0);
-        self.pairs_kernel = None;
+        self.cols_kernel = None;
         match ty {
             GgmlType::F16 => {
                 for (o, &v) in self.float.iter_mut().zip(xs) {
                     *o = f16::from_f32(v).to_f32();
                 }
-                let kernel = crate::kernels::float().dot_f16_pairs;
-                if n >= 2 && dim.is_multiple_of(8) && kernel.is_some() {
-                    let even = n & !1;
-                    self.pairs.resize(even * dim, 0.0);
-                    for p in 0..even / 2 {
-                        crate::kernels::interleave_pairs(
-                            &self.float[2 * p * dim..(2 * p + 1) * dim],
-                            &self.float[(2 * p + 1) * dim..(2 * p + 2) * dim],
-                            &mut self.pairs[2 * p * dim..(2 * p + 2) * dim],
-                        );
-                    }
-                    self.pairs_kernel = kernel;
+                if n >= 2 && dim.is_multiple_of(32) {
+                    self.cols_kernel = crate::kernels::float().dot_f16_cols;
                 }
             }
             GgmlType::Q8_0 | GgmlType::Q6K => {
@@ -419,6 +402,46 @@ impl Q8Head {
                 *o = d as f32 * sx * self.scales[r];
             }
         });
+    }
+
+    /// [`Q8Head::matvec`] of the `n` vectors of `xs` at once, each row read
+    /// once for all (every result as `matvec` gives it); `xq` and
+    /// `scratch` are grown as needed.
+    pub fn matmul(
+        &self,
+        xs: &[f32],
+        n: usize,
+        xq: &mut Vec<i8>,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) {
+        let dim = self.dim;
+        assert!(xs.len() == n * dim && out.len() >= n * self.rows);
+        xq.resize(n * dim, 0);
+        let sx: Vec<f32> = xs
+            .chunks_exact(dim)
+            .zip(xq.chunks_exact_mut(dim))
+            .map(|(x, q)| quantize_q8(x, q))
+            .collect();
+        let xq: &[i8] = xq;
+        scratch.resize(self.rows * n, 0.0);
+        const CHUNK: usize = 512;
+        pool.run_chunks(&mut scratch[..], CHUNK * n, &|t, o| {
+            for (i, o) in o.chunks_exact_mut(n).enumerate() {
+                let r = t * CHUNK + i;
+                let row = &self.q[r * dim..(r + 1) * dim];
+                for (j, o) in o.iter_mut().enumerate() {
+                    let d = dot_i8(row, &xq[j * dim..(j + 1) * dim]);
+                    *o = d as f32 * sx[j] * self.scales[r];
+                }
+            }
+        });
+        for (r, vals) in scratch.chunks_exact(n).enumerate() {
+            for (j, &v) in vals.iter().enumerate() {
+                out[j * self.rows + r] = v;
+            }
+        }
     }
 }
 

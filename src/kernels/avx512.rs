@@ -317,87 +317,68 @@ unsafe fn weighted_sum_n<const G: usize>(
     }
 }
 
-/// The LM head's f16 row against `out.len()` vectors (an even number, at
-/// most 8) stored as interleaved pairs: pair `p` holds, for each block of 8
-/// positions, the 8 values of its first vector then the 8 of its second
-/// (`xi[p*2*dim ..]`). Each 512-bit register carries the same 8-lane
-/// accumulator of `avx2::dot_f16` for two vectors, so every result is bit
-/// for bit `dot_f16`'s, at half the FMAs and one row conversion for all.
+/// The LM head's f16 row against `out.len()` vectors (1 to 8, stored back
+/// to back in `xs`, `dim` floats each). Each 512-bit accumulator holds two
+/// of `avx2::dot_f16`'s 8-lane accumulators side by side (positions
+/// `i..i+8` and `i+8..i+16` of each 32-value step, then `i+16..` and
+/// `i+24..`), so a 16-value conversion of the row feeds both with no
+/// shuffle, and every result is bit for bit `dot_f16`'s.
 ///
 /// # Safety
-/// AVX-512 F/VL with AVX2, FMA and F16C are present; `dim` is a multiple of
-/// 8, `row` holds `dim` f16 values and `xi` `out.len() * dim` floats.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-pub unsafe fn dot_f16_pairs(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32]) {
+/// AVX-512 F with AVX2, FMA and F16C are present; `dim` is a multiple of
+/// 32, `row` holds `dim` f16 values and `xs` `out.len() * dim` floats.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn dot_f16_cols(row: &[u8], xs: &[f32], dim: usize, out: &mut [f32]) {
     // SAFETY (all arms): forwarded contract.
     unsafe {
-        match out.len() / 2 {
-            1 => dot_f16_pairs_n::<1>(row, xi, dim, out),
-            2 => dot_f16_pairs_n::<2>(row, xi, dim, out),
-            3 => dot_f16_pairs_n::<3>(row, xi, dim, out),
-            _ => dot_f16_pairs_n::<4>(row, xi, dim, out),
+        match out.len() {
+            1 => dot_f16_cols_n::<1>(row, xs, dim, out),
+            2 => dot_f16_cols_n::<2>(row, xs, dim, out),
+            3 => dot_f16_cols_n::<3>(row, xs, dim, out),
+            4 => dot_f16_cols_n::<4>(row, xs, dim, out),
+            5 => dot_f16_cols_n::<5>(row, xs, dim, out),
+            6 => dot_f16_cols_n::<6>(row, xs, dim, out),
+            7 => dot_f16_cols_n::<7>(row, xs, dim, out),
+            _ => dot_f16_cols_n::<8>(row, xs, dim, out),
         }
     }
 }
 
 /// # Safety
-/// As [`dot_f16_pairs`], with `out.len() == 2 * P`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-unsafe fn dot_f16_pairs_n<const P: usize>(row: &[u8], xi: &[f32], dim: usize, out: &mut [f32]) {
-    debug_assert!(dim.is_multiple_of(8) && row.len() >= 2 * dim && xi.len() >= 2 * P * dim);
-    let mut acc = [[_mm512_setzero_ps(); 4]; P];
-    let (r, x) = (row.as_ptr(), xi.as_ptr());
+/// As [`dot_f16_cols`], with `out.len() == C`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn dot_f16_cols_n<const C: usize>(row: &[u8], xs: &[f32], dim: usize, out: &mut [f32]) {
+    debug_assert!(dim.is_multiple_of(32) && row.len() >= 2 * dim && xs.len() >= C * dim);
+    // acc[j][0] = [acc0 | acc1] and acc[j][1] = [acc2 | acc3] of dot_f16.
+    let mut acc = [[_mm512_setzero_ps(); 2]; C];
+    let (r, x) = (row.as_ptr(), xs.as_ptr());
     let mut i = 0;
-    while i + 32 <= dim {
-        // SAFETY: i + 32 <= dim: the row's 32 halves from i and, for every
-        // pair p, its 64 floats from p*2*dim + 2*i are in bounds.
+    while i < dim {
+        // SAFETY: i + 32 <= dim: the row's 32 halves from i, and 32 floats
+        // of every vector from i, are in bounds.
         unsafe {
-            // The next row (the caller walks rows in order): ask for it
-            // early, the x vectors keep the prefetchers busy.
+            // The next row (the caller walks rows in order): ask early.
             _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(2 * dim + 2 * i) as *const i8);
-            // The 8 weights at i + 8k, converted, in both halves.
-            let w = [
-                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    r.add(2 * i) as *const __m128i
-                ))),
-                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    r.add(2 * i + 16) as *const __m128i,
-                ))),
-                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    r.add(2 * i + 32) as *const __m128i,
-                ))),
-                _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                    r.add(2 * i + 48) as *const __m128i,
-                ))),
-            ];
-            for (p, a) in acc.iter_mut().enumerate() {
-                let xp = x.add(p * 2 * dim + 2 * i);
-                a[0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), a[0]);
-                a[1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp.add(16)), a[1]);
-                a[2] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp.add(32)), a[2]);
-                a[3] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xp.add(48)), a[3]);
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(2 * i) as *const __m256i));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(2 * i + 32) as *const __m256i));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let xj = x.add(j * dim + i);
+                a[0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xj), a[0]);
+                a[1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xj.add(16)), a[1]);
             }
         }
         i += 32;
     }
-    while i + 8 <= dim {
-        // SAFETY: as above, for 8 values.
-        unsafe {
-            let w = _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128(
-                r.add(2 * i) as *const __m128i
-            )));
-            for (p, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x.add(p * 2 * dim + 2 * i)), a[0]);
-            }
-        }
-        i += 8;
-    }
-    for (p, a) in acc.iter().enumerate() {
-        let s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-        let mut lanes = [0f32; 16];
-        // SAFETY: 16 floats of room.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), s) };
-        out[2 * p] = lanes[..8].iter().sum();
-        out[2 * p + 1] = lanes[8..].iter().sum();
+    for (j, a) in acc.iter().enumerate() {
+        // (acc0 + acc1) + (acc2 + acc3), then the lanes in order, as dot_f16.
+        let high = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s = _mm256_add_ps(
+            _mm256_add_ps(_mm512_castps512_ps256(a[0]), high(a[0])),
+            _mm256_add_ps(_mm512_castps512_ps256(a[1]), high(a[1])),
+        );
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats of room.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+        out[j] = lanes.iter().sum();
     }
 }

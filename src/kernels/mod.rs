@@ -443,11 +443,11 @@ pub struct FloatKernels {
     /// Two `dot_f16`s of one row, each bit-identical to `dot_f16`'s.
     #[allow(clippy::type_complexity)]
     pub dot_f16_pair: fn(&[u8], &[f32], &[f32]) -> (f32, f32),
-    /// Where there is one: a row against up to 4 pairs of vectors in the
-    /// interleaved layout of [`interleave_pairs`], each result
-    /// bit-identical to `dot_f16`'s (`dim` a multiple of 8).
+    /// Where there is one: a row against 1 to 8 vectors stored back to
+    /// back, each result bit-identical to `dot_f16`'s (`dim` a multiple of
+    /// 32).
     #[allow(clippy::type_complexity)]
-    pub dot_f16_pairs: Option<fn(&[u8], &[f32], usize, &mut [f32])>,
+    pub dot_f16_cols: Option<fn(&[u8], &[f32], usize, &mut [f32])>,
     pub axpy_f16: fn(f32, &[u8], &mut [f32]),
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
     pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
@@ -467,7 +467,7 @@ pub struct FloatKernels {
 static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16: scalar::dot_f16,
     dot_f16_pair: scalar::dot_f16_pair,
-    dot_f16_pairs: None,
+    dot_f16_cols: None,
     axpy_f16: scalar::axpy_f16,
     dot_i8: scalar::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
@@ -485,7 +485,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
 static AVX2_FLOAT: FloatKernels = FloatKernels {
     dot_f16: |r, x| unsafe { avx2::dot_f16(r, x) },
     dot_f16_pair: |r, a, b| unsafe { avx2::dot_f16_pair(r, a, b) },
-    dot_f16_pairs: None,
+    dot_f16_cols: None,
     axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
     dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
@@ -505,7 +505,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
 // the avx512 family, whose support includes AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 static AVX512_FLOAT: FloatKernels = FloatKernels {
-    dot_f16_pairs: Some(|r, x, d, o| unsafe { avx512::dot_f16_pairs(r, x, d, o) }),
+    dot_f16_cols: Some(|r, x, d, o| unsafe { avx512::dot_f16_cols(r, x, d, o) }),
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx512::weighted_sum(a, st, g, v, rs, n, hd, o)
     },
@@ -516,7 +516,7 @@ static AVX512_FLOAT: FloatKernels = FloatKernels {
 static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16: neon::dot_f16,
     dot_f16_pair: |r, a, b| (neon::dot_f16(r, a), neon::dot_f16(r, b)),
-    dot_f16_pairs: None,
+    dot_f16_cols: None,
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
@@ -556,19 +556,6 @@ pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
 /// result bit-identical to `dot_f16`'s.
 pub fn dot_f16_pair(row: &[u8], x0: &[f32], x1: &[f32]) -> (f32, f32) {
     (float().dot_f16_pair)(row, x0, x1)
-}
-
-/// Vectors `a` and `b` (`dim` values each) interleaved by blocks of 8 into
-/// `out` (`2 * dim` values), the layout of `dot_f16_pairs`.
-pub fn interleave_pairs(a: &[f32], b: &[f32], out: &mut [f32]) {
-    for ((o, x), y) in out
-        .chunks_exact_mut(16)
-        .zip(a.chunks_exact(8))
-        .zip(b.chunks_exact(8))
-    {
-        o[..8].copy_from_slice(x);
-        o[8..].copy_from_slice(y);
-    }
 }
 
 /// `out += a * v` for a row of little-endian f16 values `v`.
@@ -938,31 +925,23 @@ pub(crate) mod tests {
                     ),
                     "{name} dot_f16_pair n={n}"
                 );
-                // So are up to 4 interleaved pairs at once.
-                if let Some(pairs) = t.dot_f16_pairs.filter(|_| n % 8 == 0) {
-                    for np in 1..=4usize {
-                        let cols: Vec<Vec<f32>> = (0..2 * np)
-                            .map(|j| {
+                // So is the several-vectors form, 1 to 8 at once.
+                if let Some(cols) = t.dot_f16_cols.filter(|_| n % 32 == 0) {
+                    for c in 1..=8usize {
+                        let xs: Vec<f32> = (0..c)
+                            .flat_map(|j| {
                                 x.iter()
-                                    .map(|v| v * (j as f32 * 0.3 - 1.1) + 0.01 * j as f32)
-                                    .collect()
+                                    .map(move |v| v * (j as f32 * 0.3 - 1.1) + 0.01 * j as f32)
                             })
                             .collect();
-                        let mut xi = vec![0f32; 2 * np * n];
-                        for p in 0..np {
-                            interleave_pairs(
-                                &cols[2 * p],
-                                &cols[2 * p + 1],
-                                &mut xi[p * 2 * n..(p + 1) * 2 * n],
-                            );
-                        }
-                        let mut out = vec![0f32; 2 * np];
-                        pairs(&w, &xi, n, &mut out);
-                        for (j, c) in cols.iter().enumerate() {
+                        let mut out = vec![0f32; c];
+                        cols(&w, &xs, n, &mut out);
+                        for (j, o) in out.iter().enumerate() {
+                            let want = (t.dot_f16)(&w, &xs[j * n..(j + 1) * n]);
                             assert_eq!(
-                                out[j].to_bits(),
-                                (t.dot_f16)(&w, c).to_bits(),
-                                "{name} dot_f16_pairs n={n} pairs={np} col {j}"
+                                o.to_bits(),
+                                want.to_bits(),
+                                "{name} dot_f16_cols n={n} c={c} col {j}"
                             );
                         }
                     }

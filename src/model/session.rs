@@ -330,13 +330,22 @@ impl<'m> Session<'m> {
             );
         }
         match &m.q8_head {
-            Some(_) => {
-                let mut row = 0;
-                for (i, seg) in segments.iter().enumerate() {
-                    row += seg.tokens.len();
-                    self.logits_for(row - 1);
-                    self.logits_batch[i * vocab..(i + 1) * vocab].copy_from_slice(&self.logits);
+            Some(h) => {
+                // (rounded to f16 first, as the single-row path does)
+                for v in self.hidden_batch.iter_mut() {
+                    *v = f16::from_f32(*v).to_f32();
                 }
+                let mut xq = std::mem::take(&mut self.hidden_q);
+                h.matmul(
+                    &self.hidden_batch,
+                    n,
+                    &mut xq,
+                    &mut self.head_scratch,
+                    &mut self.logits_batch,
+                    &self.pool,
+                );
+                xq.truncate(dim);
+                self.hidden_q = xq;
             }
             None => m.head_matrix().matmul(
                 &self.hidden_batch,

@@ -453,8 +453,13 @@ fn batched_sequences_match_each_alone() {
         );
         return;
     };
-    for name in ["bitnet-tiny", "falcon3-i2s-tiny"] {
-        let model = Model::load(dir.join(format!("{name}.gguf"))).unwrap();
+    for (name, q8_head) in [
+        ("bitnet-tiny", false),
+        ("bitnet-tiny", true),
+        ("falcon3-i2s-tiny", false),
+    ] {
+        let model =
+            Model::load_with(dir.join(format!("{name}.gguf")), LoadOptions { q8_head }).unwrap();
         // Per sequence: the chunks it is fed in, step by step (None: idle).
         let a: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![6], vec![7], vec![8]];
         let b: Vec<Vec<u32>> = vec![vec![9, 10, 11], vec![12, 13], vec![14], vec![15]];
