@@ -84,17 +84,37 @@ impl Engine {
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
         );
-        // The session is made here so that its errors (memory) reach the caller.
-        let check = Session::with_slots(&model, cfg.slot_ctx, 1, 1, 1);
-        check?;
         let state = (metrics.clone(), drain.clone(), cancel.clone());
+        // The thread reports whether it could make its session (memory for
+        // every slot's KV cache) before the server starts listening.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bitnet-engine".into())
             .spawn(move || {
                 let (metrics, drain, cancel) = state;
-                run(&model, cfg, rx, &metrics, &drain, &cancel);
+                let max_batch = cfg.chunk.max(1) + cfg.slots;
+                match Session::with_slots(&model, cfg.slot_ctx, max_batch, cfg.threads, cfg.slots) {
+                    Ok(sess) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run(&model, sess, cfg, rx, &metrics, &drain, &cancel);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
             })
             .map_err(|e| crate::Error::invalid(format!("cannot start the engine thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(crate::Error::invalid("the engine thread stopped at start"));
+            }
+        }
         Ok(Engine {
             tx,
             metrics,
@@ -171,8 +191,10 @@ impl Active {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &Model,
+    mut sess: Session,
     cfg: EngineConfig,
     rx: Receiver<Job>,
     metrics: &Metrics,
@@ -180,18 +202,7 @@ fn run(
     cancel: &AtomicBool,
 ) {
     let chunk = cfg.chunk.max(1);
-    let max_batch = chunk + cfg.slots;
-    let mut sess = match Session::with_slots(model, cfg.slot_ctx, max_batch, cfg.threads, cfg.slots)
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "the engine cannot allocate its session");
-            for job in rx.try_iter() {
-                let _ = job.events.send(Event::Failed(e.to_string()));
-            }
-            return;
-        }
-    };
+    let max_batch = sess.max_batch();
     let tok = &model.tokenizer;
     let vocab = model.config.vocab_size;
     let mut free: Vec<usize> = (0..cfg.slots).rev().collect();

@@ -438,3 +438,25 @@ fn many_requests_then_a_draining_shutdown() {
     let last: Value = serde_json::from_str(&lines[lines.len() - 2][6..]).unwrap();
     assert_eq!(last["usage"]["completion_tokens"], 40);
 }
+
+/// A server whose KV caches cannot be had says so instead of starting.
+#[test]
+fn an_impossible_context_is_an_error_at_start() {
+    let Some(dir) = crate::testdata_dir() else {
+        return;
+    };
+    let model = Model::load(dir.join("bitnet-tiny.gguf")).unwrap();
+    let err = serve(
+        model,
+        ServeConfig {
+            port: 0,
+            ctx: 1 << 40,
+            parallel: 2,
+            ..cfg()
+        },
+        async {},
+        |_| panic!("it must not listen"),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("too large"), "{err}");
+}
