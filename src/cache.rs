@@ -79,10 +79,40 @@ impl PackedMatrix {
 
     /// Repacks a whole I2_S tensor as stored in a GGUF file: the packed codes
     /// followed by the f32 scale.
+    ///
+    /// A row length that is not a multiple of 128 (bitnet_b1_58-3B's
+    /// `ffn_down`, 8640) is read as bitnet.cpp's converter wrote it: the
+    /// whole tensor as one run of 128-weight blocks, row `r` from element
+    /// `r * cols`. Such rows are stored padded with zero weights to the next
+    /// multiple of 128 ([`PackedMatrix::cols`] is then the padded length;
+    /// activations are padded with zeros to match, see
+    /// [`crate::matmul::ActBatch::padded`]).
     pub fn from_i2s_tensor(tensor: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        let n = check_shape(rows, cols)?;
+        if cols.is_multiple_of(QK_I2_S) || cols == 0 {
+            let n = check_shape(rows, cols)?;
+            let scale = i2s::read_scale(tensor, n)?;
+            return Self::from_i2s(&tensor[..n / 4], rows, cols, scale);
+        }
+        let n = rows
+            .checked_mul(cols)
+            .filter(|n| n.is_multiple_of(QK_I2_S))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{rows}x{cols} weights are not a whole number of 128-weight I2_S blocks"
+                ))
+            })?;
         let scale = i2s::read_scale(tensor, n)?;
-        Self::from_i2s(&tensor[..n / 4], rows, cols, scale)
+        let padded = cols.next_multiple_of(QK_I2_S);
+        let np = check_shape(rows, padded)?;
+        let mut codes = vec![i2s::CODE_ZERO; padded];
+        let mut packed = vec![0u8; np / 4];
+        for (r, dst) in packed.chunks_exact_mut(padded / 4).enumerate() {
+            for (c, code) in codes[..cols].iter_mut().enumerate() {
+                *code = i2s::code_at(tensor, r * cols + c);
+            }
+            i2s::pack_codes(&codes, dst)?;
+        }
+        Self::from_i2s(&packed, rows, padded, scale)
     }
 
     /// One row stored as an aligned copy (a single row has nothing to

@@ -9,7 +9,11 @@ use crate::threadpool::{DisjointMut, ThreadPool};
 
 /// Activation columns quantized to I8_S, allocated once and reused.
 pub struct ActBatch {
+    /// Values per column given to [`ActBatch::quantize`].
     len: usize,
+    /// Values per column the kernels see: `len` padded with zeros to the
+    /// (padded) row length of the matrices it feeds.
+    stride: usize,
     q: Vec<i8>,
     quant: Vec<ActQuant>,
 }
@@ -17,9 +21,18 @@ pub struct ActBatch {
 impl ActBatch {
     /// Room for up to `max_cols` columns of `len` activations.
     pub fn new(len: usize, max_cols: usize) -> Self {
+        Self::padded(len, len, max_cols)
+    }
+
+    /// Columns of `len` activations seen by the kernels as `stride` values,
+    /// the rest zeros (for matrices whose rows were padded to a multiple of
+    /// 128, see [`crate::cache::PackedMatrix::from_i2s_tensor`]).
+    pub fn padded(len: usize, stride: usize, max_cols: usize) -> Self {
+        assert!(stride >= len, "padding shorter than the activations");
         ActBatch {
             len,
-            q: vec![0; len * max_cols],
+            stride,
+            q: vec![0; stride * max_cols],
             quant: Vec::with_capacity(max_cols),
         }
     }
@@ -32,30 +45,36 @@ impl ActBatch {
             "activation length mismatch"
         );
         let cols = x.len() / self.len;
-        if self.q.len() < x.len() {
-            self.q.resize(x.len(), 0);
+        if self.q.len() < cols * self.stride {
+            self.q.resize(cols * self.stride, 0);
         }
         self.quant.clear();
         for (xc, qc) in x
             .chunks_exact(self.len)
-            .zip(self.q.chunks_exact_mut(self.len))
+            .zip(self.q.chunks_exact_mut(self.stride))
             .take(cols)
         {
-            self.quant.push(i2s::quantize_activations(xc, qc));
+            self.quant
+                .push(i2s::quantize_activations(xc, &mut qc[..self.len]));
+            qc[self.len..].fill(0);
         }
     }
 
     pub fn cols(&self) -> usize {
         self.quant.len()
     }
+    /// Values per column as the kernels see them (padding included).
     pub fn len(&self) -> usize {
-        self.len
+        self.stride
     }
     pub fn is_empty(&self) -> bool {
         self.quant.is_empty()
     }
     pub fn col(&self, c: usize) -> (&[i8], ActQuant) {
-        (&self.q[c * self.len..(c + 1) * self.len], self.quant[c])
+        (
+            &self.q[c * self.stride..(c + 1) * self.stride],
+            self.quant[c],
+        )
     }
 }
 
@@ -253,6 +272,44 @@ mod tests {
                 "{threads} threads"
             );
         }
+    }
+
+    /// Rows that are not a multiple of 128 (bitnet_b1_58-3B's ffn_down):
+    /// the tensor is one flat run of blocks; padded rows and padded
+    /// activations give exactly the flat layout's products.
+    #[test]
+    fn rows_not_a_multiple_of_128_read_the_flat_layout() {
+        let mut rng = Rng::new(3);
+        let (rows, cols, n) = (64usize, 200usize, 3usize);
+        let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 3) as u8).collect();
+        let mut tensor = vec![0u8; i2s::tensor_bytes(rows * cols)];
+        i2s::pack_codes(&codes, &mut tensor[..rows * cols / 4]).unwrap();
+        tensor[rows * cols / 4..rows * cols / 4 + 4].copy_from_slice(&0.75f32.to_le_bytes());
+        let m = PackedMatrix::from_i2s_tensor(&tensor, rows, cols).unwrap();
+        assert_eq!((m.rows(), m.cols()), (rows, 256));
+        let x: Vec<f32> = (0..cols * n)
+            .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut acts = ActBatch::padded(cols, 256, n);
+        acts.quantize(&x);
+        let mut out = vec![0f32; rows * n];
+        matmul(&m, &acts, &mut out, &ThreadPool::new(2));
+        for j in 0..n {
+            let mut q = vec![0i8; cols];
+            let quant = i2s::quantize_activations(&x[j * cols..(j + 1) * cols], &mut q);
+            for r in 0..rows {
+                let dot: i32 = (0..cols)
+                    .map(|c| codes[r * cols + c] as i32 * q[c] as i32)
+                    .sum();
+                assert_eq!(
+                    out[j * rows + r],
+                    i2s::finish(dot, quant, 0.75),
+                    "row {r} col {j}"
+                );
+            }
+        }
+        // A tensor that is not whole blocks is refused.
+        assert!(PackedMatrix::from_i2s_tensor(&tensor, 3, 100).is_err());
     }
 
     #[test]

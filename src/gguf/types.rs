@@ -141,11 +141,13 @@ impl GgmlType {
             .ok_or("element count overflows")?;
         match self {
             // bitnet.cpp: ne0*ne1/4 bytes of codes plus a 32-byte scale trailer.
+            // bitnet.cpp packs the whole tensor as one run of 128-weight
+            // blocks, so the row length need not be a multiple of 128
+            // (bitnet_b1_58-3B's ffn_down has 8640), the total must.
             GgmlType::I2S => {
-                if dims.first().is_none_or(|&d| d % 128 != 0) {
+                if n % 128 != 0 {
                     return Err(format!(
-                        "I2_S row length {} is not a multiple of 128",
-                        dims.first().copied().unwrap_or(0)
+                        "I2_S tensor of {n} weights is not a whole number of 128-weight blocks"
                     ));
                 }
                 Ok(n / 4 + 32)

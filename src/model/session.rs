@@ -144,8 +144,9 @@ impl<'m> Session<'m> {
             logits_batch: Vec::new(),
             head_scratch: Vec::new(),
             logits: zeros(c.vocab_size),
-            acts_dim: ActBatch::new(c.dim, b),
-            acts_ffn: ActBatch::new(c.ffn_dim, b),
+            acts_dim: ActBatch::padded(c.dim, c.dim.next_multiple_of(128), b),
+            // (the down projection's rows may be padded to a multiple of 128)
+            acts_ffn: ActBatch::padded(c.ffn_dim, c.ffn_dim.next_multiple_of(128), b),
             attn_tasks_per_thread: 4,
             attn_split_min: 512,
             profiling: false,

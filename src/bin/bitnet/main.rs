@@ -292,7 +292,7 @@ struct PerplexityArgs {
 
 #[derive(Args)]
 struct GenModelArgs {
-    /// 2b4t (BitNet-b1.58-2B-4T), large (bitnet_b1_58-large), 8b (Llama3-8B-1.58),
+    /// 2b4t (BitNet-b1.58-2B-4T), large (bitnet_b1_58-large), 3b (bitnet_b1_58-3B), 8b (Llama3-8B-1.58),
     /// falcon3-3b, falcon3-10b, tiny (the shape of the shared fixture) or micro (a 300-token toy).
     #[arg(long, default_value = "2b4t")]
     shape: String,
