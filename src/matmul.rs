@@ -10,10 +10,10 @@ use crate::threadpool::{DisjointMut, ThreadPool};
 /// Activation columns quantized to I8_S, allocated once and reused.
 pub struct ActBatch {
     /// Values per column given to [`ActBatch::quantize`].
-    len: usize,
-    /// Values per column the kernels see: `len` padded with zeros to the
+    given: usize,
+    /// Values per column the kernels see: `given` padded with zeros to the
     /// (padded) row length of the matrices it feeds.
-    stride: usize,
+    len: usize,
     q: Vec<i8>,
     quant: Vec<ActQuant>,
 }
@@ -30,8 +30,8 @@ impl ActBatch {
     pub fn padded(len: usize, stride: usize, max_cols: usize) -> Self {
         assert!(stride >= len, "padding shorter than the activations");
         ActBatch {
-            len,
-            stride,
+            given: len,
+            len: stride,
             q: vec![0; stride * max_cols],
             quant: Vec::with_capacity(max_cols),
         }
@@ -41,22 +41,22 @@ impl ActBatch {
     /// Grows the buffers if needed (never on a steady-state decode step).
     pub fn quantize(&mut self, x: &[f32]) {
         assert!(
-            self.len > 0 && x.len().is_multiple_of(self.len),
+            self.given > 0 && x.len().is_multiple_of(self.given),
             "activation length mismatch"
         );
-        let cols = x.len() / self.len;
-        if self.q.len() < cols * self.stride {
-            self.q.resize(cols * self.stride, 0);
+        let cols = x.len() / self.given;
+        if self.q.len() < cols * self.len {
+            self.q.resize(cols * self.len, 0);
         }
         self.quant.clear();
         for (xc, qc) in x
-            .chunks_exact(self.len)
-            .zip(self.q.chunks_exact_mut(self.stride))
+            .chunks_exact(self.given)
+            .zip(self.q.chunks_exact_mut(self.len))
             .take(cols)
         {
             self.quant
-                .push(i2s::quantize_activations(xc, &mut qc[..self.len]));
-            qc[self.len..].fill(0);
+                .push(i2s::quantize_activations(xc, &mut qc[..self.given]));
+            qc[self.given..].fill(0);
         }
     }
 
@@ -65,16 +65,13 @@ impl ActBatch {
     }
     /// Values per column as the kernels see them (padding included).
     pub fn len(&self) -> usize {
-        self.stride
+        self.len
     }
     pub fn is_empty(&self) -> bool {
         self.quant.is_empty()
     }
     pub fn col(&self, c: usize) -> (&[i8], ActQuant) {
-        (
-            &self.q[c * self.stride..(c + 1) * self.stride],
-            self.quant[c],
-        )
+        (&self.q[c * self.len..(c + 1) * self.len], self.quant[c])
     }
 }
 
