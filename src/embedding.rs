@@ -152,12 +152,28 @@ impl<'a> Matrix<'a> {
                 // passes over them.
                 const BLOCK: usize = 32;
                 const GROUP: usize = 4;
+                let cols2 = acts.cols2_kernel;
+                let rb = self.row_bytes();
                 for b0 in (0..rows).step_by(BLOCK) {
                     let b1 = (b0 + BLOCK).min(rows);
                     for j in (0..n).step_by(GROUP) {
                         let k = (n - j).min(GROUP);
                         let xs = &acts.float[j * dim..(j + k) * dim];
-                        for r in b0..b1 {
+                        let mut r = b0;
+                        if let Some(cols2) = cols2 {
+                            // Two rows per call: each vector value loaded
+                            // serves both.
+                            let mut two = [0f32; 2 * GROUP];
+                            while r + 2 <= b1 {
+                                let both = &self.data[(r0 + r) * rb..(r0 + r + 2) * rb];
+                                cols2(both, xs, dim, &mut two[..2 * k]);
+                                o[r * n + j..r * n + j + k].copy_from_slice(&two[..k]);
+                                o[(r + 1) * n + j..(r + 1) * n + j + k]
+                                    .copy_from_slice(&two[k..2 * k]);
+                                r += 2;
+                            }
+                        }
+                        for r in r..b1 {
                             cols(self.row(r0 + r), xs, dim, &mut o[r * n + j..r * n + j + k]);
                         }
                     }
@@ -211,6 +227,7 @@ pub struct Activations {
     /// The several-vectors F16 kernel, where the CPU has one and the
     /// conversion was for several F16 vectors.
     cols_kernel: Option<ColsKernel>,
+    cols2_kernel: Option<ColsKernel>,
     q: Vec<i8>,
     d: Vec<f32>,
     /// Scales per vector.
@@ -225,6 +242,7 @@ impl Activations {
         Activations {
             float: vec![0.0; dim],
             cols_kernel: None,
+            cols2_kernel: None,
             q: vec![0; dim],
             d: vec![0.0; dim.div_ceil(32)],
             blocks: 0,
@@ -240,6 +258,7 @@ impl Activations {
         self.q.resize(len, 0);
         self.d.resize(self.blocks * n, 0.0);
         self.cols_kernel = None;
+        self.cols2_kernel = None;
         match ty {
             GgmlType::F16 => {
                 for (o, &v) in self.float.iter_mut().zip(xs) {
@@ -247,6 +266,7 @@ impl Activations {
                 }
                 if n >= 2 && dim.is_multiple_of(32) {
                     self.cols_kernel = crate::kernels::float().dot_f16_cols;
+                    self.cols2_kernel = crate::kernels::float().dot_f16_cols2;
                 }
             }
             GgmlType::Q8_0 | GgmlType::Q6K => {

@@ -448,6 +448,10 @@ pub struct FloatKernels {
     /// 32).
     #[allow(clippy::type_complexity)]
     pub dot_f16_cols: Option<fn(&[u8], &[f32], usize, &mut [f32])>,
+    /// With `dot_f16_cols`: two rows (back to back) against 1 to 4 vectors,
+    /// `out` holding the first row's results then the second's.
+    #[allow(clippy::type_complexity)]
+    pub dot_f16_cols2: Option<fn(&[u8], &[f32], usize, &mut [f32])>,
     pub axpy_f16: fn(f32, &[u8], &mut [f32]),
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
     pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
@@ -468,6 +472,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_f16: scalar::dot_f16,
     dot_f16_pair: scalar::dot_f16_pair,
     dot_f16_cols: None,
+    dot_f16_cols2: None,
     axpy_f16: scalar::axpy_f16,
     dot_i8: scalar::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
@@ -486,6 +491,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
     dot_f16: |r, x| unsafe { avx2::dot_f16(r, x) },
     dot_f16_pair: |r, a, b| unsafe { avx2::dot_f16_pair(r, a, b) },
     dot_f16_cols: None,
+    dot_f16_cols2: None,
     axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
     dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
@@ -506,6 +512,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
 #[cfg(target_arch = "x86_64")]
 static AVX512_FLOAT: FloatKernels = FloatKernels {
     dot_f16_cols: Some(|r, x, d, o| unsafe { avx512::dot_f16_cols(r, x, d, o) }),
+    dot_f16_cols2: Some(|r, x, d, o| unsafe { avx512::dot_f16_cols2(r, x, d, o) }),
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx512::weighted_sum(a, st, g, v, rs, n, hd, o)
     },
@@ -517,6 +524,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_f16: neon::dot_f16,
     dot_f16_pair: |r, a, b| (neon::dot_f16(r, a), neon::dot_f16(r, b)),
     dot_f16_cols: None,
+    dot_f16_cols2: None,
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
