@@ -8,7 +8,9 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::{dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, Q6K_BLOCK, Q8_0_BLOCK};
+use crate::kernels::{
+    dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, q6k_values, Q6K_BLOCK, Q8_0_BLOCK,
+};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -334,28 +336,9 @@ pub fn quantize_q8k(x: &[f32], q: &mut [i8], d: &mut [f32]) {
 }
 
 fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {
-    let (ql, rest) = b.split_at(128);
-    let (qh, rest) = rest.split_at(64);
-    let (sc, d) = rest.split_at(16);
-    let d = f16::from_bits(u16::from_le_bytes([d[0], d[1]])).to_f32();
-    for half in 0..2 {
-        let (ql, qh, sc, y) = (
-            &ql[64 * half..],
-            &qh[32 * half..],
-            &sc[8 * half..],
-            &mut y[128 * half..],
-        );
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-        }
+    let d = f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+    for (p, (y, &q)) in y.iter_mut().zip(q6k_values(b).iter()).enumerate() {
+        *y = d * (b[192 + p / 16] as i8) as f32 * q as f32;
     }
 }
 

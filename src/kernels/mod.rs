@@ -583,7 +583,7 @@ pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     (float().dot_q8_0)(row, xq, xd)
 }
 
-pub use scalar::{dot_q6k_q8k, Q6K_BLOCK, Q8_0_BLOCK};
+pub use scalar::{dot_q6k_q8k, q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Most query heads that one attention kernel call serves.
 pub const MAX_GROUP: usize = 8;

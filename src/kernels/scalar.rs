@@ -131,8 +131,26 @@ pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     acc
 }
 
+/// The 256 six-bit values of a Q6_K block, minus 32 (so -32..=31), in
+/// order; value `p` takes the block's scale `p / 16` (byte `192 + p / 16`)
+/// and the f16 super-scale at bytes 208..210.
+pub fn q6k_values(b: &[u8]) -> [i8; 256] {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let mut q = [0i8; 256];
+    for half in 0..2 {
+        let (ql, qh, q) = (&ql[64 * half..], &qh[32 * half..], &mut q[128 * half..]);
+        for l in 0..32 {
+            q[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+            q[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    q
+}
+
 /// A Q6_K row against Q8_K activations `xq` with block scales `xd` (256
-/// values per block): per block `d_w·xd · Σ_j sc_j Σ_i (q6_i - 32)·q8_i`,
+/// values per block): per block `d_w·xd · Σ_p sc_(p/16)·(q6_p - 32)·q8_p`,
 /// the integer sum exact, as ggml's `vec_dot_q6_K_q8_K`.
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
@@ -141,27 +159,12 @@ pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         .zip(xq.chunks_exact(256))
         .zip(xd)
     {
-        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
-        let mut isum = 0i32;
-        for half in 0..2 {
-            let (ql, qh, sc, x) = (
-                &ql[64 * half..],
-                &qh[32 * half..],
-                &sc[8 * half..],
-                &x[128 * half..],
-            );
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                isum += sc[is] as i8 as i32 * q1 * x[l] as i32
-                    + sc[is + 2] as i8 as i32 * q2 * x[l + 32] as i32
-                    + sc[is + 4] as i8 as i32 * q3 * x[l + 64] as i32
-                    + sc[is + 6] as i8 as i32 * q4 * x[l + 96] as i32;
-            }
-        }
+        let isum: i32 = q6k_values(b)
+            .iter()
+            .zip(x)
+            .enumerate()
+            .map(|(p, (&q, &x))| b[192 + p / 16] as i8 as i32 * q as i32 * x as i32)
+            .sum();
         acc += f16_at(b, 104) * d * isum as f32; // bytes 208..210
     }
     acc
