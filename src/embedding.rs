@@ -135,11 +135,7 @@ impl<'a> Matrix<'a> {
         pool.run_chunks(&mut scratch[..], HEAD_CHUNK * n, &|t, o| {
             self.dots(t * HEAD_CHUNK, acts, n, o);
         });
-        for (r, vals) in scratch.chunks_exact(n).enumerate() {
-            for (j, &v) in vals.iter().enumerate() {
-                out[j * self.rows + r] = v;
-            }
-        }
+        transpose_into(scratch, n, self.rows, out);
     }
 
     /// Rows from `r0` on against `n` converted vectors, row-major into `o`.
@@ -214,6 +210,15 @@ impl<'a> Matrix<'a> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `rows × n` row-major products into `n` runs of `rows` (one per vector).
+fn transpose_into(products: &[f32], n: usize, rows: usize, out: &mut [f32]) {
+    for (r, vals) in products.chunks_exact(n).enumerate() {
+        for (j, &v) in vals.iter().enumerate() {
+            out[j * rows + r] = v;
         }
     }
 }
@@ -440,11 +445,7 @@ impl Q8Head {
                 }
             }
         });
-        for (r, vals) in scratch.chunks_exact(n).enumerate() {
-            for (j, &v) in vals.iter().enumerate() {
-                out[j * self.rows + r] = v;
-            }
-        }
+        transpose_into(scratch, n, self.rows, out);
     }
 }
 

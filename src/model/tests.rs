@@ -374,16 +374,7 @@ fn bitnet_scale_tensors_multiply_the_matmul_outputs() {
     let with_scales = |f: &dyn Fn(&str) -> f32| {
         let extra: Vec<_> = (0..2)
             .flat_map(|l| {
-                [
-                    "attn_q",
-                    "attn_k",
-                    "attn_v",
-                    "attn_output",
-                    "ffn_gate",
-                    "ffn_up",
-                    "ffn_down",
-                ]
-                .map(|m| {
+                super::weights::MATRICES.map(|m| {
                     let spec = TensorSpec {
                         name: format!("blk.{l}.{m}.scale"),
                         dims: vec![1],

@@ -75,7 +75,7 @@ pub struct LoadOptions {
 }
 
 /// A layer's ternary matrices, by tensor name.
-const MATRICES: [&str; 7] = [
+pub(super) const MATRICES: [&str; 7] = [
     "attn_q",
     "attn_k",
     "attn_v",
