@@ -369,18 +369,25 @@ unsafe fn dot_f16_cols_n<const C: usize>(row: &[u8], xs: &[f32], dim: usize, out
         }
         i += 32;
     }
-    for (j, a) in acc.iter().enumerate() {
-        // (acc0 + acc1) + (acc2 + acc3), then the lanes in order, as dot_f16.
-        let high = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-        let s = _mm256_add_ps(
-            _mm256_add_ps(_mm512_castps512_ps256(a[0]), high(a[0])),
-            _mm256_add_ps(_mm512_castps512_ps256(a[1]), high(a[1])),
-        );
-        let mut lanes = [0f32; 8];
-        // SAFETY: 8 floats of room.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-        out[j] = lanes.iter().sum();
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = finish_cols(a);
     }
+}
+
+/// One column's result from its `[acc0 | acc1]`, `[acc2 | acc3]`:
+/// `(acc0 + acc1) + (acc2 + acc3)`, then the lanes in order, as `dot_f16`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn finish_cols(a: &[__m512; 2]) -> f32 {
+    let high = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let s = _mm256_add_ps(
+        _mm256_add_ps(_mm512_castps512_ps256(a[0]), high(a[0])),
+        _mm256_add_ps(_mm512_castps512_ps256(a[1]), high(a[1])),
+    );
+    let mut lanes = [0f32; 8];
+    // SAFETY: 8 floats of room.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    lanes.iter().sum()
 }
 
 /// [`dot_f16_cols`] for two rows at once (`rows` holds both, `2 * dim`
@@ -435,17 +442,7 @@ unsafe fn dot_f16_cols2_n<const C: usize>(rows: &[u8], xs: &[f32], dim: usize, o
         }
         i += 32;
     }
-    let high = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    for (k, acc) in [a0, a1].iter().enumerate() {
-        for (j, a) in acc.iter().enumerate() {
-            let s = _mm256_add_ps(
-                _mm256_add_ps(_mm512_castps512_ps256(a[0]), high(a[0])),
-                _mm256_add_ps(_mm512_castps512_ps256(a[1]), high(a[1])),
-            );
-            let mut lanes = [0f32; 8];
-            // SAFETY: 8 floats of room.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-            out[k * C + j] = lanes.iter().sum();
-        }
+    for (o, a) in out.iter_mut().zip(a0.iter().chain(&a1)) {
+        *o = finish_cols(a);
     }
 }
