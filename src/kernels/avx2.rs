@@ -504,6 +504,15 @@ unsafe fn weighted_sum_n<const G: usize>(
                 }
             }
             for s in s0..s1 {
+                if c == 0 {
+                    // The next tile, line by line in address order: the
+                    // passes below read each row's lines far apart in time,
+                    // which the hardware prefetchers do not follow.
+                    let ahead = v.as_ptr().wrapping_add((s + TILE) * row_stride);
+                    for l in (0..2 * hd).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+                    }
+                }
                 // SAFETY: row s holds hd f16 values and c + 8 (c + 16 when
                 // `two`) <= hd; a holds G rows of at least n weights at a_stride.
                 unsafe {

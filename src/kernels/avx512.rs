@@ -291,6 +291,15 @@ unsafe fn weighted_sum_n<const G: usize>(
                 }
             }
             for s in s0..s1 {
+                if c == 0 {
+                    // The next tile, line by line in address order:
+                    // the passes below read each row's lines far apart in
+                    // time, which the hardware prefetchers do not follow.
+                    let ahead = v.as_ptr().wrapping_add((s + TILE) * row_stride);
+                    for l in (0..2 * hd).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+                    }
+                }
                 // SAFETY: row s holds hd f16 values and c + 32 <= hd; a holds
                 // G rows of at least n weights at a_stride.
                 unsafe {
@@ -315,6 +324,148 @@ unsafe fn weighted_sum_n<const G: usize>(
         }
         s0 = s1;
     }
+}
+
+/// [`super::scalar::attn_scores`] with 16-lane sums, for `hd` a multiple of
+/// 16 (others go to the AVX2 kernel): `P` positions at a time, so every
+/// query vector loaded serves `P` key rows, and the `G * P` sums are
+/// reduced together (one transposing tree for sixteen sums, where a
+/// reduction per sum costs as much as the sum itself at `hd = 128`).
+///
+/// # Safety
+/// AVX-512 F and the AVX2 kernel's features are present; the bounds of
+/// [`super::attn_scores`] hold; `hd` is a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn attn_scores(
+    k: &[u8],
+    row_stride: usize,
+    n: usize,
+    qs: &[f32],
+    g: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    // SAFETY (all arms): forwarded contract.
+    unsafe {
+        if !hd.is_multiple_of(16) {
+            return super::avx2::attn_scores(k, row_stride, n, qs, g, hd, scale, out, out_stride);
+        }
+        let a = (k, row_stride, n, qs, hd, scale, out, out_stride);
+        match g {
+            1 => scores_n::<1, 8>(a),
+            2 => scores_n::<2, 8>(a),
+            3 => scores_n::<3, 5>(a),
+            4 => scores_n::<4, 4>(a),
+            5 => scores_n::<5, 3>(a),
+            6 => scores_n::<6, 2>(a),
+            7 => scores_n::<7, 2>(a),
+            _ => scores_n::<8, 2>(a),
+        }
+    }
+}
+
+/// The score kernels' arguments: key rows, their stride, positions, query
+/// rows, head size, scale, output rows and their stride.
+type ScoreArgs<'a> = (
+    &'a [u8],
+    usize,
+    usize,
+    &'a [f32],
+    usize,
+    f32,
+    &'a mut [f32],
+    usize,
+);
+
+/// How many positions ahead the score kernels ask for key rows (the rows
+/// of each call are read in `P`-row blocks a line at a time, which the
+/// hardware prefetchers follow late).
+const SCORE_AHEAD: usize = 32;
+
+/// # Safety
+/// As [`attn_scores`] with `g == G`, `hd` a multiple of 16 and `G * P <= 16`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn scores_n<const G: usize, const P: usize>(
+    (k, row_stride, n, qs, hd, scale, out, out_stride): ScoreArgs,
+) {
+    let mut s = 0;
+    while s < n {
+        let last = n - 1 - s;
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let ahead = k.as_ptr().wrapping_add((s + SCORE_AHEAD) * row_stride);
+        for l in (0..P * row_stride).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+        }
+        for c in (0..hd).step_by(16) {
+            // Past the last position the last row is read again and its
+            // sums dropped.
+            let kv: [__m512; P] = std::array::from_fn(|p| {
+                // SAFETY: row s + min(p, last) < n holds hd f16 values and
+                // c + 16 <= hd.
+                unsafe {
+                    let row = k.as_ptr().add((s + p.min(last)) * row_stride + 2 * c);
+                    _mm512_cvtph_ps(_mm256_loadu_si256(row as *const __m256i))
+                }
+            });
+            for j in 0..G {
+                // SAFETY: every query row holds hd floats; c + 16 <= hd.
+                let q = unsafe { _mm512_loadu_ps(qs.as_ptr().add(j * hd + c)) };
+                for (p, kp) in kv.iter().enumerate() {
+                    acc[j * P + p] = _mm512_fmadd_ps(*kp, q, acc[j * P + p]);
+                }
+            }
+        }
+        let mut sums = [0f32; 16];
+        // SAFETY: 16 floats of room.
+        unsafe {
+            _mm512_storeu_ps(
+                sums.as_mut_ptr(),
+                _mm512_mul_ps(sum16(&acc), _mm512_set1_ps(scale)),
+            )
+        };
+        for j in 0..G {
+            for p in 0..P.min(n - s) {
+                out[j * out_stride + s + p] = sums[j * P + p];
+            }
+        }
+        s += P;
+    }
+}
+
+/// Lane `i` of the result is the sum of the lanes of `v[i]`: pairs, then
+/// quads, then halves of the 128-bit blocks are added in a transposing
+/// tree (45 instructions for the sixteen sums).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum16(v: &[__m512; 16]) -> __m512 {
+    // Per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3].
+    let t: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Per 128-bit block: that block's part of [a, b, c, d].
+    let u: [__m512; 4] = std::array::from_fn(|i| {
+        let (x, y) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+        )
+    });
+    // Blocks [abcd of blocks 0+1, abcd of 2+3, efgh of 0+1, efgh of 2+3].
+    let w: [__m512; 2] = std::array::from_fn(|i| {
+        let (x, y) = (u[2 * i], u[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(x, y),
+            _mm512_shuffle_f32x4::<0xDD>(x, y),
+        )
+    });
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(w[0], w[1]),
+        _mm512_shuffle_f32x4::<0xDD>(w[0], w[1]),
+    )
 }
 
 /// The LM head's f16 row against `out.len()` vectors (1 to 8, stored back

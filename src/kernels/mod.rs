@@ -516,6 +516,9 @@ static AVX512_FLOAT: FloatKernels = FloatKernels {
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx512::weighted_sum(a, st, g, v, rs, n, hd, o)
     },
+    attn_scores: |k, rs, n, q, g, hd, sc, o, os| unsafe {
+        avx512::attn_scores(k, rs, n, q, g, hd, sc, o, os)
+    },
     ..AVX2_FLOAT
 };
 
@@ -1067,6 +1070,43 @@ pub(crate) mod tests {
                     o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-5)),
                     "{name} weighted g={g} hd={hd} n={n}"
                 );
+            }
+            // Scores: every group size, positions not a multiple of the
+            // kernels' position blocks, rows longer than a key (strided),
+            // head sizes of the 16-lane, 8-lane and scalar paths.
+            for (g, hd, n) in [
+                (4usize, 128usize, 37usize),
+                (1, 64, 1),
+                (2, 40, 5),
+                (3, 16, 11),
+                (5, 96, 7),
+                (6, 128, 3),
+                (7, 32, 9),
+                (8, 128, 300),
+                (4, 100, 6),
+            ] {
+                let stride = 2 * hd + 6;
+                let k = f16_row(n * stride / 2, |i| ((i * 37) % 61) as f32 / 17.0 - 1.7);
+                let qs: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.07).sin()).collect();
+                let os = n + 3;
+                let (mut o1, mut o2) = (vec![f32::NAN; g * os], vec![f32::NAN; g * os]);
+                let f = if hd % 8 == 0 {
+                    t.attn_scores
+                } else {
+                    s.attn_scores
+                };
+                f(&k, stride, n, &qs, g, hd, 0.125, &mut o1, os);
+                (s.attn_scores)(&k, stride, n, &qs, g, hd, 0.125, &mut o2, os);
+                for j in 0..g {
+                    for p in 0..os {
+                        let (x, y) = (o1[j * os + p], o2[j * os + p]);
+                        if p < n {
+                            assert!(close(x, y, 1e-4), "{name} scores g={g} hd={hd} n={n}");
+                        } else {
+                            assert!(x.is_nan(), "{name} scores g={g} wrote past n");
+                        }
+                    }
+                }
             }
             for n in [1usize, 5, 8, 100, 2049] {
                 let x: Vec<f32> = (0..n)
