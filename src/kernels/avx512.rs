@@ -13,38 +13,42 @@ use super::avx2::{hsum_i32, load4};
 /// bytes and `y` for `nb * 128` bytes, for every block `i < nb`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot(w: *const u8, stride: usize, y: *const i8, nb: usize) -> i32 {
-    // One accumulator per code plane: the four `vpdpbusd` of a block are
-    // independent, so the loop runs at their throughput, not their latency.
-    let mask = _mm256_set1_epi8(3);
-    let mut acc = [_mm256_setzero_si256(); 4];
-    for b in 0..nb {
-        // SAFETY: block b of the row and of the activations is in bounds.
-        let (x, yv) = unsafe {
-            (
-                _mm256_loadu_si256(w.add(b * stride) as *const __m256i),
-                load4(y.add(b * 128)),
-            )
-        };
-        acc[0] = _mm256_dpbusd_epi32(
-            acc[0],
-            _mm256_and_si256(_mm256_srli_epi16::<6>(x), mask),
-            yv[0],
-        );
-        acc[1] = _mm256_dpbusd_epi32(
-            acc[1],
-            _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask),
-            yv[1],
-        );
-        acc[2] = _mm256_dpbusd_epi32(
-            acc[2],
-            _mm256_and_si256(_mm256_srli_epi16::<2>(x), mask),
-            yv[2],
-        );
-        acc[3] = _mm256_dpbusd_epi32(acc[3], _mm256_and_si256(x, mask), yv[3]);
+    // Codes as plane pairs against 64-byte activation loads (see
+    // `dot_4acts`); two blocks a step into separate accumulators, so four
+    // `vpdpbusd` chains are in flight.
+    let shifts = plane_shifts();
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut b = 0;
+    while b < nb {
+        let two = b + 1 < nb;
+        for k in 0..2 {
+            if k == 1 && !two {
+                break;
+            }
+            // SAFETY: block b + k < nb of the row and of the activations is
+            // in bounds.
+            unsafe {
+                let c = planes_paired(
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        w.add((b + k) * stride) as *const __m256i
+                    )),
+                    shifts,
+                );
+                let p = y.add((b + k) * 128);
+                acc[2 * k] =
+                    _mm512_dpbusd_epi32(acc[2 * k], c[0], _mm512_loadu_si512(p as *const _));
+                acc[2 * k + 1] = _mm512_dpbusd_epi32(
+                    acc[2 * k + 1],
+                    c[1],
+                    _mm512_loadu_si512(p.add(64) as *const _),
+                );
+            }
+        }
+        b += 2;
     }
-    hsum_i32(_mm256_add_epi32(
-        _mm256_add_epi32(acc[0], acc[1]),
-        _mm256_add_epi32(acc[2], acc[3]),
+    _mm512_reduce_add_epi32(_mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
     ))
 }
 
@@ -90,36 +94,6 @@ pub unsafe fn dot_4rows(w: [*const u8; 4], stride: usize, y: *const i8, nb: usiz
     ]
 }
 
-/// The four 64-byte code planes of one 32-byte block broadcast to both
-/// 256-bit halves.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn unpack_wide(x: __m512i) -> [__m512i; 4] {
-    let mask = _mm512_set1_epi8(3);
-    [
-        _mm512_and_si512(_mm512_srli_epi16::<6>(x), mask),
-        _mm512_and_si512(_mm512_srli_epi16::<4>(x), mask),
-        _mm512_and_si512(_mm512_srli_epi16::<2>(x), mask),
-        _mm512_and_si512(x, mask),
-    ]
-}
-
-/// 32 activations of row `a` in the low half and of row `b` in the high half.
-///
-/// # Safety
-/// Both pointers are readable for 32 bytes.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn pair(a: *const i8, b: *const i8) -> __m512i {
-    // SAFETY: by the function's contract.
-    unsafe {
-        _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_loadu_si256(a as *const __m256i)),
-            _mm256_loadu_si256(b as *const __m256i),
-        )
-    }
-}
-
 /// Sums of the low and the high eight int32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -130,35 +104,60 @@ fn hsum_halves(v: __m512i) -> [i32; 2] {
     ]
 }
 
+/// A block's 32 code bytes (broadcast to both halves) as two registers of
+/// codes: planes 0|1 and planes 2|3, each plane in the half that lines up
+/// with its 32 activations, so an activation block is two plain 64-byte
+/// loads.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn planes_paired(x: __m512i, shifts: [__m512i; 2]) -> [__m512i; 2] {
+    let mask = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(_mm512_srlv_epi16(x, shifts[0]), mask),
+        _mm512_and_si512(_mm512_srlv_epi16(x, shifts[1]), mask),
+    ]
+}
+
+/// The shift counts of [`planes_paired`].
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn plane_shifts() -> [__m512i; 2] {
+    let pair =
+        |lo: i16, hi: i16| _mm512_inserti64x4::<1>(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi));
+    [pair(6, 4), pair(2, 0)]
+}
+
 /// # Safety
 /// As [`dot`], for the row and each of the four activation rows.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usize) -> [i32; 4] {
-    // The block's codes in both halves; activation rows 0|1 and 2|3 paired;
-    // two accumulators per pair (even and odd planes) keep chains short.
-    let mut acc = [_mm512_setzero_si512(); 4];
+    // Each activation block is two 64-byte loads (half the loads of 32-byte
+    // halves, which matters when ggml's buffer is only 16-byte aligned and
+    // loads cross cache lines); the codes come as plane pairs to match.
+    let shifts = plane_shifts();
+    let mut acc = [[_mm512_setzero_si512(); 2]; 4];
     for b in 0..nb {
         // SAFETY: block b of the row is in bounds.
-        let x = unsafe {
-            _mm512_broadcast_i64x4(_mm256_loadu_si256(w.add(b * stride) as *const __m256i))
-        };
-        let c = unpack_wide(x);
-        for s in 0..4 {
-            let o = b * 128 + 32 * s;
-            // SAFETY: block b of each activation row is in bounds.
-            let (y01, y23) = unsafe {
+        let c = planes_paired(
+            unsafe {
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(w.add(b * stride) as *const __m256i))
+            },
+            shifts,
+        );
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: block b of activation row j is in bounds.
+            let (a0, a1) = unsafe {
+                let p = y[j].add(b * 128);
                 (
-                    pair(y[0].add(o), y[1].add(o)),
-                    pair(y[2].add(o), y[3].add(o)),
+                    _mm512_loadu_si512(p as *const _),
+                    _mm512_loadu_si512(p.add(64) as *const _),
                 )
             };
-            acc[s & 1] = _mm512_dpbusd_epi32(acc[s & 1], c[s], y01);
-            acc[2 + (s & 1)] = _mm512_dpbusd_epi32(acc[2 + (s & 1)], c[s], y23);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], c[0], a0);
+            acc[1] = _mm512_dpbusd_epi32(acc[1], c[1], a1);
         }
     }
-    let [a0, a1] = hsum_halves(_mm512_add_epi32(acc[0], acc[1]));
-    let [a2, a3] = hsum_halves(_mm512_add_epi32(acc[2], acc[3]));
-    [a0, a1, a2, a3]
+    acc.map(|a| _mm512_reduce_add_epi32(_mm512_add_epi32(a[0], a[1])))
 }
 
 /// Four weight rows (a cache tile) against `N` activation rows: the prompt
