@@ -18,6 +18,7 @@
 //! explicitly, for the ternary kernels and the float table alike: `scalar`
 //! makes the whole model scalar.
 
+use half::f16;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
@@ -622,10 +623,28 @@ pub fn weighted_sum(
     assert!((1..=MAX_GROUP).contains(&g) && n >= 1 && outs.len() >= g * hd);
     assert!(a.len() >= (g - 1) * a_stride + n && v.len() >= (n - 1) * row_stride + 2 * hd);
     assert!(row_stride >= 2 * hd || n == 1);
-    if hd.is_multiple_of(8) {
+    let hd8 = hd & !7;
+    if hd8 == hd {
         (float().weighted_sum)(a, a_stride, g, v, row_stride, n, hd, outs)
-    } else {
+    } else if hd8 == 0 || hd > 512 {
         scalar::weighted_sum(a, a_stride, g, v, row_stride, n, hd, outs)
+    } else {
+        // A head size that is not whole vectors (bitnet_b1_58-3B's 100):
+        // the vector kernel over the first `hd8` dimensions, the rest here.
+        let mut buf = [0f32; 512 * MAX_GROUP];
+        let part = &mut buf[..g * hd8];
+        (float().weighted_sum)(a, a_stride, g, v, row_stride, n, hd8, part);
+        for j in 0..g {
+            let o = &mut outs[j * hd..(j + 1) * hd];
+            o[..hd8].copy_from_slice(&part[j * hd8..(j + 1) * hd8]);
+            o[hd8..].fill(0.0);
+            for (s, &w) in a[j * a_stride..j * a_stride + n].iter().enumerate() {
+                let row = &v[s * row_stride + 2 * hd8..s * row_stride + 2 * hd];
+                for (x, h) in o[hd8..].iter_mut().zip(row.chunks_exact(2)) {
+                    *x += w * f16::from_le_bytes([h[0], h[1]]).to_f32();
+                }
+            }
+        }
     }
 }
 
@@ -663,10 +682,32 @@ pub fn attn_scores(
     }
     assert!(k.len() >= (n - 1) * row_stride + 2 * hd && (row_stride >= 2 * hd || n == 1));
     assert!(out_stride >= n && out.len() >= (g - 1) * out_stride + n);
-    if hd.is_multiple_of(8) {
+    let hd8 = hd & !7;
+    if hd8 == hd {
         (float().attn_scores)(k, row_stride, n, qs, g, hd, scale, out, out_stride)
-    } else {
+    } else if hd8 == 0 || hd > 512 {
         scalar::attn_scores(k, row_stride, n, qs, g, hd, scale, out, out_stride)
+    } else {
+        // As in `weighted_sum`: whole vectors in the kernel (the queries
+        // repacked to its stride), the last `hd - hd8` dimensions here.
+        let mut buf = [0f32; 512 * MAX_GROUP];
+        let q8 = &mut buf[..g * hd8];
+        for j in 0..g {
+            q8[j * hd8..(j + 1) * hd8].copy_from_slice(&qs[j * hd..j * hd + hd8]);
+        }
+        (float().attn_scores)(k, row_stride, n, q8, g, hd8, scale, out, out_stride);
+        for s in 0..n {
+            let row = &k[s * row_stride + 2 * hd8..s * row_stride + 2 * hd];
+            for j in 0..g {
+                let q = &qs[j * hd + hd8..(j + 1) * hd];
+                let tail: f32 = row
+                    .chunks_exact(2)
+                    .zip(q)
+                    .map(|(h, &x)| f16::from_le_bytes([h[0], h[1]]).to_f32() * x)
+                    .sum();
+                out[j * out_stride + s] += tail * scale;
+            }
+        }
     }
 }
 
@@ -1124,6 +1165,38 @@ pub(crate) mod tests {
                 );
                 assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 2e-3);
             }
+        }
+    }
+
+    /// Head sizes that are not whole vectors (bitnet_b1_58-3B's 100) take
+    /// the vector kernels for the whole vectors and finish the rest: the
+    /// public entry points against the scalar twins.
+    #[test]
+    fn odd_head_sizes_match_scalar() {
+        for (g, hd, n) in [
+            (1usize, 100usize, 37usize),
+            (4, 100, 5),
+            (2, 12, 9),
+            (3, 36, 64),
+        ] {
+            let stride = 2 * hd + 4;
+            let kv = f16_row(n * stride / 2, |i| ((i * 37) % 61) as f32 / 17.0 - 1.7);
+            let qs: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.07).sin()).collect();
+            let (mut o1, mut o2) = (vec![0f32; g * n], vec![0f32; g * n]);
+            attn_scores(&kv, stride, n, &qs, g, hd, 0.1, &mut o1, n);
+            scalar::attn_scores(&kv, stride, n, &qs, g, hd, 0.1, &mut o2, n);
+            assert!(
+                o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-4)),
+                "scores g={g} hd={hd}"
+            );
+            let a: Vec<f32> = (0..g * n).map(|i| ((i * 13) % 29) as f32 / 29.0).collect();
+            let (mut w1, mut w2) = (vec![f32::NAN; g * hd], vec![f32::NAN; g * hd]);
+            weighted_sum(&a, n, g, &kv, stride, n, hd, &mut w1);
+            scalar::weighted_sum(&a, n, g, &kv, stride, n, hd, &mut w2);
+            assert!(
+                w1.iter().zip(&w2).all(|(p, q)| close(*p, *q, 1e-5)),
+                "weighted g={g} hd={hd}"
+            );
         }
     }
 
