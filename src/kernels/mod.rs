@@ -837,7 +837,18 @@ pub(crate) mod tests {
                     k.name()
                 );
                 let w3 = vec![0xFFu8; n / 4]; // code 3, never written but must not wrap
-                assert_eq!(dot_with(k, &w3, 32, &vec![-128i8; n]), -128 * 3 * n as i32);
+                let neg = vec![-128i8; n];
+                let want = -128 * 3 * n as i32;
+                assert_eq!(dot_with(k, &w3, 32, &neg), want);
+                // The multi-row and multi-activation forms flush on their own schedules.
+                assert_eq!(dot_4rows_with(k, [&w3[..]; 4], 32, &neg), [want; 4]);
+                assert_eq!(dot_4acts_with(k, &w3, 32, [&neg[..]; 4]), [want; 4]);
+                assert_eq!(
+                    tile_with(k, [&w3[..]; 4], 32, [&neg[..]; 8]),
+                    [[want; 4]; 8],
+                    "{}",
+                    k.name()
+                );
             }
             assert_eq!(
                 dot_with(k, &vec![0xAAu8; 1024], 32, &vec![127i8; 4096]),
