@@ -44,7 +44,7 @@ impl AlignedBytes {
         chunks.try_reserve_exact(n).map_err(|_| {
             Error::new(
                 ErrorKind::OutOfMemory,
-                format!("cannot allocate {len} bytes for packed weights"),
+                format!("cannot allocate {len} aligned bytes"),
             )
         })?;
         chunks.resize(n, Align64([0; 64]));
@@ -57,6 +57,21 @@ impl AlignedBytes {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u8, self.len) }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The bytes as int8 values (quantized activations).
+    pub fn as_i8(&self) -> &[i8] {
+        // SAFETY: i8 and u8 have the same size and alignment; same memory.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const i8, self.len) }
+    }
+    pub fn as_mut_i8(&mut self) -> &mut [i8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut i8, self.len) }
     }
 }
 

@@ -2,7 +2,7 @@
 //! computes them: each activation column is quantized to I8_S once, every
 //! output is `(dot - act_sum) / act_scale * w_scale`.
 
-use crate::cache::{PackedMatrix, TILE_ROWS};
+use crate::cache::{AlignedBytes, PackedMatrix, TILE_ROWS};
 use crate::i2s::{self, ActQuant};
 use crate::kernels::{self, Kernel};
 use crate::threadpool::{DisjointMut, ThreadPool};
@@ -14,7 +14,10 @@ pub struct ActBatch {
     /// Values per column the kernels see: `given` padded with zeros to the
     /// (padded) row length of the matrices it feeds.
     len: usize,
-    q: Vec<i8>,
+    /// 64-byte aligned, as every column (`len` is a multiple of 128): a
+    /// large `Vec` from the allocator is only 16-byte aligned, and then half
+    /// of the kernels' 32-byte loads cross a cache line.
+    q: AlignedBytes,
     quant: Vec<ActQuant>,
 }
 
@@ -32,7 +35,7 @@ impl ActBatch {
         ActBatch {
             given: len,
             len: stride,
-            q: vec![0; stride * max_cols],
+            q: aligned(stride * max_cols),
             quant: Vec::with_capacity(max_cols),
         }
     }
@@ -46,12 +49,12 @@ impl ActBatch {
         );
         let cols = x.len() / self.given;
         if self.q.len() < cols * self.len {
-            self.q.resize(cols * self.len, 0);
+            self.q = aligned(cols * self.len);
         }
         self.quant.clear();
         for (xc, qc) in x
             .chunks_exact(self.given)
-            .zip(self.q.chunks_exact_mut(self.len))
+            .zip(self.q.as_mut_i8().chunks_exact_mut(self.len))
             .take(cols)
         {
             self.quant
@@ -71,8 +74,17 @@ impl ActBatch {
         self.quant.is_empty()
     }
     pub fn col(&self, c: usize) -> (&[i8], ActQuant) {
-        (&self.q[c * self.len..(c + 1) * self.len], self.quant[c])
+        (
+            &self.q.as_i8()[c * self.len..(c + 1) * self.len],
+            self.quant[c],
+        )
     }
+}
+
+/// Zeroed aligned room for activations (out of memory is as fatal here as
+/// for any `Vec`).
+fn aligned(len: usize) -> AlignedBytes {
+    AlignedBytes::zeroed(len).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Output rows finished per inner block (a multiple of the tile height).

@@ -180,6 +180,64 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
     hsum4_i32(acc)
 }
 
+/// Two weight rows against four activation rows: each activation vector
+/// loaded serves both rows (half the loads of two [`dot_4acts`]), the
+/// prompt GEMM's register tile on AVX2. Returns `out[j][r]`.
+///
+/// # Safety
+/// As [`dot`], for both rows and each of the four activation rows.
+#[target_feature(enable = "avx2")]
+pub unsafe fn tile_2x4(
+    w: [*const u8; 2],
+    stride: usize,
+    y: [*const i8; 4],
+    nb: usize,
+) -> [[i32; 2]; 4] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    let mut b = 0;
+    while b < nb {
+        let end = (b + FLUSH4).min(nb);
+        let mut a = [[_mm256_setzero_si256(); 2]; 4];
+        while b < end {
+            // SAFETY: block b of both rows is readable.
+            let x = unsafe {
+                [
+                    _mm256_loadu_si256(w[0].add(b * stride) as *const __m256i),
+                    _mm256_loadu_si256(w[1].add(b * stride) as *const __m256i),
+                ]
+            };
+            for s in 0..4 {
+                let shift = _mm_cvtsi32_si128(6 - 2 * s as i32);
+                let c = x.map(|x| _mm256_and_si256(_mm256_srl_epi16(x, shift), mask));
+                for (j, a) in a.iter_mut().enumerate() {
+                    // SAFETY: block b of activation row j is readable.
+                    let v =
+                        unsafe { _mm256_loadu_si256(y[j].add(b * 128 + 32 * s) as *const __m256i) };
+                    a[0] = _mm256_add_epi16(a[0], _mm256_maddubs_epi16(c[0], v));
+                    a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(c[1], v));
+                }
+            }
+            b += 1;
+        }
+        for (acc, a) in acc.iter_mut().zip(&a) {
+            for r in 0..2 {
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(a[r], ones));
+            }
+        }
+    }
+    let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|j| hsum4_pair(acc[j]));
+    [s0, s1, s2, s3]
+}
+
+/// The lane sums of two vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum4_pair(v: [__m256i; 2]) -> [i32; 2] {
+    [hsum_i32(v[0]), hsum_i32(v[1])]
+}
+
 /// The lane sums of four vectors at once (two rounds of horizontal adds,
 /// then the halves).
 #[inline]

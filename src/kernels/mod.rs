@@ -748,6 +748,20 @@ pub unsafe fn tile_raw<const N: usize>(
     }
     let mut out = [[0i32; 4]; N];
     let mut j = 0;
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx2 {
+        while j + 4 <= N {
+            let a = [y[j], y[j + 1], y[j + 2], y[j + 3]];
+            for r in [0, 2] {
+                // SAFETY: by the function's contract.
+                let d = unsafe { avx2::tile_2x4([w[r], w[r + 1]], stride, a, nb) };
+                for (i, v) in d.into_iter().enumerate() {
+                    out[j + i][r..r + 2].copy_from_slice(&v);
+                }
+            }
+            j += 4;
+        }
+    }
     while j + 4 <= N {
         let a = [y[j], y[j + 1], y[j + 2], y[j + 3]];
         for (r, &row) in w.iter().enumerate() {
