@@ -227,15 +227,7 @@ pub unsafe fn tile_2x4(
             }
         }
     }
-    let [s0, s1, s2, s3] = [0, 1, 2, 3].map(|j| hsum4_pair(acc[j]));
-    [s0, s1, s2, s3]
-}
-
-/// The lane sums of two vectors.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum4_pair(v: [__m256i; 2]) -> [i32; 2] {
-    [hsum_i32(v[0]), hsum_i32(v[1])]
+    acc.map(|a| [hsum_i32(a[0]), hsum_i32(a[1])])
 }
 
 /// The lane sums of four vectors at once (two rounds of horizontal adds,
