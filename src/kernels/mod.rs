@@ -18,7 +18,6 @@
 //! explicitly, for the ternary kernels and the float table alike: `scalar`
 //! makes the whole model scalar.
 
-use half::f16;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
@@ -640,9 +639,7 @@ pub fn weighted_sum(
             o[hd8..].fill(0.0);
             for (s, &w) in a[j * a_stride..j * a_stride + n].iter().enumerate() {
                 let row = &v[s * row_stride + 2 * hd8..s * row_stride + 2 * hd];
-                for (x, h) in o[hd8..].iter_mut().zip(row.chunks_exact(2)) {
-                    *x += w * f16::from_le_bytes([h[0], h[1]]).to_f32();
-                }
+                scalar::axpy_f16(w, row, &mut o[hd8..]);
             }
         }
     }
@@ -699,12 +696,7 @@ pub fn attn_scores(
         for s in 0..n {
             let row = &k[s * row_stride + 2 * hd8..s * row_stride + 2 * hd];
             for j in 0..g {
-                let q = &qs[j * hd + hd8..(j + 1) * hd];
-                let tail: f32 = row
-                    .chunks_exact(2)
-                    .zip(q)
-                    .map(|(h, &x)| f16::from_le_bytes([h[0], h[1]]).to_f32() * x)
-                    .sum();
+                let tail = scalar::dot_f16(row, &qs[j * hd + hd8..(j + 1) * hd]);
                 out[j * out_stride + s] += tail * scale;
             }
         }
