@@ -449,10 +449,117 @@ pub unsafe fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[b]), q, acc);
     }
+    hsum_f32_ggml(acc)
+}
+
+/// Sum of the eight f32 lanes in ggml's `hsum_float_8` order.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn hsum_f32_ggml(acc: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// The 8 int32 lanes of one Q6_K block's integer sum against Q8_K values, as
+/// ggml's AVX2 `vec_dot_q6_K_q8_K` forms them: lane `k` holds
+/// `Σ sc·(q6 - 32)·q8` over bytes `4k..4k+4` of each 32-value chunk.
+///
+/// # Safety
+/// AVX2 is present; `b` is a 210-byte Q6_K block and `x` holds 256 values.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn q6k_block_lanes(b: &[u8], x: &[i8]) -> __m256i {
+    debug_assert!(b.len() >= super::scalar::Q6K_BLOCK && x.len() >= 256);
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    // SAFETY: scales are bytes 192..208 of the block.
+    let scales = unsafe { _mm_loadu_si128(b.as_ptr().add(192) as *const __m128i) };
+    let mut sumi = _mm256_setzero_si256();
+    for half in 0..2 {
+        // SAFETY: ql is bytes 0..128, qh 128..192; x has 256 values.
+        let (ql0, ql1, qh, x) = unsafe {
+            let ql = b.as_ptr().add(64 * half);
+            (
+                _mm256_loadu_si256(ql as *const __m256i),
+                _mm256_loadu_si256(ql.add(32) as *const __m256i),
+                _mm256_loadu_si256(b.as_ptr().add(128 + 32 * half) as *const __m256i),
+                x.as_ptr().add(128 * half),
+            )
+        };
+        let q = [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), m2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), m2)),
+            ),
+        ];
+        for (c, q) in q.into_iter().enumerate() {
+            // SAFETY: chunk c of this half is 32 values inside x's 256.
+            let xv = unsafe { _mm256_loadu_si256(x.add(32 * c) as *const __m256i) };
+            // (q6 - 32)·q8 in int16 pairs: |q6·q8 pair| <= 2·63·128.
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv), _mm256_maddubs_epi16(m32, xv));
+            // Scales 2c and 2c+1 of this half, eight int16 lanes each.
+            let s = 2 * (4 * half + c) as i8;
+            let sh = _mm_set_epi8(
+                s + 1,
+                s + 1,
+                s + 1,
+                s + 1,
+                s + 1,
+                s + 1,
+                s + 1,
+                s + 1,
+                s,
+                s,
+                s,
+                s,
+                s,
+                s,
+                s,
+                s,
+            );
+            let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, sh));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
+        }
+    }
+    sumi
+}
+
+/// [`super::scalar::dot_q6k_q8k`] in ggml's AVX2 order: per block the exact
+/// int32 lanes of [`q6k_block_lanes`], converted and accumulated with the
+/// block's scale product by FMA, summed as `hsum_float_8`.
+///
+/// # Safety
+/// AVX2 and FMA are present.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    use super::scalar::Q6K_BLOCK;
+    let mut acc = _mm256_setzero_ps();
+    for ((b, x), &dx) in row
+        .chunks_exact(Q6K_BLOCK)
+        .zip(xq.chunks_exact(256))
+        .zip(xd)
+    {
+        let d = dx * f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+        // SAFETY: a whole block and 256 values.
+        let sumi = unsafe { q6k_block_lanes(b, x) };
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32_ggml(acc)
 }
 
 /// # Safety

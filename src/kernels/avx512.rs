@@ -6,7 +6,9 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::{hsum_i32, load4};
+use half::f16;
+
+use super::avx2::{hsum_f32_ggml, hsum_i32, load4};
 
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; `w + i*stride` is readable for 32
@@ -595,4 +597,80 @@ unsafe fn dot_f16_cols2_n<const C: usize>(rows: &[u8], xs: &[f32], dim: usize, o
     for (o, a) in out.iter_mut().zip(a0.iter().chain(&a1)) {
         *o = finish_cols(a);
     }
+}
+
+/// [`super::avx2::dot_q6k_q8k`] with 64 values a step: the same int32 lanes
+/// per block (chunk pairs in the two 256-bit halves, added at the end of the
+/// block), so the result is bit-identical to the AVX2 kernel's and to
+/// ggml's AVX2 `vec_dot_q6_K_q8_K`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and AVX2/FMA.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    use super::scalar::Q6K_BLOCK;
+    let m0f = _mm512_set1_epi8(0xF);
+    let m30 = _mm512_set1_epi8(0x30);
+    let m32 = _mm512_set1_epi8(32);
+    // High bits to bit 4: chunks 0 and 1 of a half take qh bits 0-1 and
+    // 2-3, chunks 2 and 3 bits 4-5 and 6-7.
+    let up = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let down = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    // Scale index of each int16 lane of a 64-value step: 4 scales, 8 lanes each.
+    let lane_scale: [i16; 32] = core::array::from_fn(|l| (l / 8) as i16);
+    // SAFETY: 32 int16 values.
+    let lane_scale = unsafe { _mm512_loadu_si512(lane_scale.as_ptr() as *const _) };
+    let mut acc = _mm256_setzero_ps();
+    for ((b, x), &dx) in row
+        .chunks_exact(Q6K_BLOCK)
+        .zip(xq.chunks_exact(256))
+        .zip(xd)
+    {
+        let d = dx * f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+        // SAFETY: scales are bytes 192..208 of the block.
+        let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(unsafe {
+            _mm_loadu_si128(b.as_ptr().add(192) as *const __m128i)
+        }));
+        let mut sumi = _mm512_setzero_si512();
+        for half in 0..2 {
+            // SAFETY: ql is bytes 0..128, qh 128..192; x has 256 values.
+            let (ql, qh, x) = unsafe {
+                (
+                    _mm512_loadu_si512(b.as_ptr().add(64 * half) as *const _),
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        b.as_ptr().add(128 + 32 * half) as *const __m256i
+                    )),
+                    x.as_ptr().add(128 * half),
+                )
+            };
+            // (ql & 0xF) | hi for each pair of chunks (0xEC: (a & c) | b).
+            let q = [
+                _mm512_ternarylogic_epi32::<0xEC>(
+                    ql,
+                    _mm512_and_si512(_mm512_sllv_epi16(qh, up), m30),
+                    m0f,
+                ),
+                _mm512_ternarylogic_epi32::<0xEC>(
+                    _mm512_srli_epi16::<4>(ql),
+                    _mm512_and_si512(_mm512_srlv_epi16(qh, down), m30),
+                    m0f,
+                ),
+            ];
+            for (p, q) in q.into_iter().enumerate() {
+                // SAFETY: values 64p..64p+64 of this half.
+                let xv = unsafe { _mm512_loadu_si512(x.add(64 * p) as *const _) };
+                let prod =
+                    _mm512_sub_epi16(_mm512_maddubs_epi16(q, xv), _mm512_maddubs_epi16(m32, xv));
+                let first = _mm512_set1_epi16((4 * (2 * half + p)) as i16);
+                let s = _mm512_permutexvar_epi16(_mm512_add_epi16(lane_scale, first), sc);
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(s, prod));
+            }
+        }
+        let sumi = _mm256_add_epi32(
+            _mm512_castsi512_si256(sumi),
+            _mm512_extracti64x4_epi64::<1>(sumi),
+        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32_ggml(acc)
 }

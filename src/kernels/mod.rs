@@ -455,6 +455,7 @@ pub struct FloatKernels {
     pub axpy_f16: fn(f32, &[u8], &mut [f32]),
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
     pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
+    pub dot_q6k_q8k: fn(&[u8], &[i8], &[f32]) -> f32,
     /// Requires `hd` (the key row's length) to be a multiple of 8.
     pub dot_f16_group: fn(&[u8], &[f32], &mut [f32]),
     /// Requires `hd` to be a multiple of 8.
@@ -476,6 +477,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     axpy_f16: scalar::axpy_f16,
     dot_i8: scalar::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
+    dot_q6k_q8k: scalar::dot_q6k_q8k,
     dot_f16_group: scalar::dot_f16_group,
     weighted_sum: scalar::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
@@ -495,6 +497,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
     axpy_f16: |a, v, o| unsafe { avx2::axpy_f16(a, v, o) },
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
     dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
+    dot_q6k_q8k: |r, q, d| unsafe { avx2::dot_q6k_q8k(r, q, d) },
     dot_f16_group: |k, q, o| unsafe { avx2::dot_f16_group(k, q, o) },
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
@@ -511,6 +514,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
 // the avx512 family, whose support includes AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 static AVX512_FLOAT: FloatKernels = FloatKernels {
+    dot_q6k_q8k: |r, q, d| unsafe { avx512::dot_q6k_q8k(r, q, d) },
     dot_f16_cols: Some(|r, x, d, o| unsafe { avx512::dot_f16_cols(r, x, d, o) }),
     dot_f16_cols2: Some(|r, x, d, o| unsafe { avx512::dot_f16_cols2(r, x, d, o) }),
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
@@ -531,6 +535,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
+    dot_q6k_q8k: scalar::dot_q6k_q8k,
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
     softmax_round_f16: neon::softmax_round_f16,
@@ -586,7 +591,13 @@ pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     (float().dot_q8_0)(row, xq, xd)
 }
 
-pub use scalar::{dot_q6k_q8k, q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
+/// A Q6_K row against Q8_K activations `xq` with block scales `xd` (see
+/// [`scalar::dot_q6k_q8k`]); on x86 in the order of ggml's AVX2 kernel.
+pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    (float().dot_q6k_q8k)(row, xq, xd)
+}
+
+pub use scalar::{q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
 
 /// Most query heads that one attention kernel call serves.
 pub const MAX_GROUP: usize = 8;
@@ -967,6 +978,68 @@ pub(crate) mod tests {
 
     fn close(a: f32, b: f32, tol: f32) -> bool {
         (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    /// Q6_K rows against Q8_K values: every kernel within rounding of the
+    /// exact sum, and the x86 kernels bit-identical to ggml's AVX2 order
+    /// (int32 lane `k` of a block sums bytes `4k..4k+4` of each 32-value
+    /// chunk; lanes FMA'd with the block's scale product, then
+    /// `hsum_float_8`).
+    #[test]
+    fn q6k_dot_matches_definition_and_ggml_order() {
+        use scalar::Q6K_BLOCK;
+        let mut rng = Rng::new(66);
+        for blocks in [1usize, 2, 10] {
+            for extreme in [false, true] {
+                let mut row = vec![0u8; blocks * Q6K_BLOCK];
+                for (b, blk) in row.chunks_exact_mut(Q6K_BLOCK).enumerate() {
+                    for v in blk.iter_mut() {
+                        // Extreme: every value -32, every scale -128.
+                        *v = if extreme { 0x80 } else { rng.next() as u8 };
+                    }
+                    if extreme {
+                        blk[..192].fill(0);
+                    }
+                    let d = half::f16::from_f32(0.003 * (b as f32 - 0.7));
+                    blk[208..].copy_from_slice(&d.to_bits().to_le_bytes());
+                }
+                let xq: Vec<i8> = (0..blocks * 256)
+                    .map(|_| if extreme { -128 } else { rng.next() as i8 })
+                    .collect();
+                let xd: Vec<f32> = (0..blocks).map(|b| 0.01 + b as f32 * 1e-3).collect();
+                let (mut want, mut mag) = (0f64, 0f64);
+                let mut acc = [0f32; 8];
+                for (b, blk) in row.chunks_exact(Q6K_BLOCK).enumerate() {
+                    let q = q6k_values(blk);
+                    let dw = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+                    let mut lanes = [0i64; 8];
+                    for p in 0..256 {
+                        let t =
+                            blk[192 + p / 16] as i8 as i64 * q[p] as i64 * xq[b * 256 + p] as i64;
+                        lanes[(p % 32) / 4] += t;
+                        want += dw as f64 * xd[b] as f64 * t as f64;
+                        mag += (dw as f64 * xd[b] as f64 * t as f64).abs();
+                    }
+                    let d = xd[b] * dw;
+                    for (a, &l) in acc.iter_mut().zip(&lanes) {
+                        *a = d.mul_add(l as f32, *a);
+                    }
+                }
+                let s4: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
+                let ggml = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+                for k in Kernel::supported() {
+                    let got = (float_kernels(k).dot_q6k_q8k)(&row, &xq, &xd);
+                    let what = format!("{} blocks={blocks} extreme={extreme}", k.name());
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-5 * mag,
+                        "{what}: {got} {want}"
+                    );
+                    if matches!(k.name(), "avx2" | "avx512") {
+                        assert_eq!(got.to_bits(), ggml.to_bits(), "{what}: {got} {ggml}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every float table this CPU runs against the scalar one.
