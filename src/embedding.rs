@@ -8,6 +8,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
+use crate::kernels::scalar::nearest_int;
 use crate::kernels::{
     dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, q6k_values, Q6K_BLOCK, Q8_0_BLOCK,
 };
@@ -295,11 +296,6 @@ impl Activations {
     }
 }
 
-/// ggml's `nearest_int`: round half to even (for |v| < 2^22).
-fn nearest_int(v: f32) -> i32 {
-    v.round_ties_even() as i32
-}
-
 /// `x` as Q8_0 blocks the way ggml's x86 `quantize_row_q8_0` makes them:
 /// per 32 values `d = max|x| / 127` (kept as f16, which the dot uses),
 /// `q = round_half_even(x · 127/max|x|)`, into `q` and `d`.
@@ -338,6 +334,94 @@ pub fn quantize_q8k(x: &[f32], q: &mut [i8], d: &mut [f32]) {
         }
         *d = 1.0 / iscale;
     }
+}
+
+/// One Q6_K block of 256 values, as ggml's `quantize_row_q6_K_ref` writes
+/// it (what `llama-quantize --token-embedding-type q6_k` and bitnet.cpp's
+/// `--quant-embd` produce from an F16 matrix).
+pub fn quantize_q6k_block(x: &[f32], out: &mut [u8]) {
+    assert!(x.len() == 256 && out.len() == Q6K_BYTES);
+    let mut levels = [[0u8; 16]; 16];
+    let mut scales = [0f32; 16];
+    crate::kernels::q6k_group_scales(x.try_into().unwrap(), &mut scales, &mut levels);
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &sc in &scales {
+        if sc.abs() > max_abs_scale {
+            max_abs_scale = sc.abs();
+            max_scale = sc;
+        }
+    }
+    out.fill(0);
+    if max_abs_scale < 1e-15 {
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16::from_f32(1.0 / iscale);
+    out[208..].copy_from_slice(&d.to_bits().to_le_bytes());
+    for (j, (g, l)) in x.chunks_exact(16).zip(&mut levels).enumerate() {
+        let sc = nearest_int(iscale * scales[j]).min(127) as i8;
+        out[192 + j] = sc as u8;
+        let dg = d.to_f32() * sc as f32;
+        if dg == 0.0 {
+            continue;
+        }
+        for (o, &v) in l.iter_mut().zip(g) {
+            *o = (nearest_int(v / dg).clamp(-32, 31) + 32) as u8;
+        }
+    }
+    let level = |p: usize| levels[p / 16][p % 16];
+    let (ql, qh) = out[..192].split_at_mut(128);
+    for half in 0..2 {
+        let (ql, qh, j) = (&mut ql[64 * half..], &mut qh[32 * half..], 128 * half);
+        for l in 0..32 {
+            let q = [
+                level(j + l),
+                level(j + l + 32),
+                level(j + l + 64),
+                level(j + l + 96),
+            ];
+            ql[l] = (q[0] & 0xF) | (q[2] << 4);
+            ql[l + 32] = (q[1] & 0xF) | (q[3] << 4);
+            qh[l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+        }
+    }
+}
+
+/// A Q6_K copy of a matrix (rows a multiple of 256 long), quantized as
+/// `llama-quantize` does, split over the pool: the opt-in 6-bit LM head.
+pub fn quantize_q6k_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Vec<u8>> {
+    if !m.dim.is_multiple_of(256) {
+        return Err(Error::unsupported(format!(
+            "a Q6_K head needs rows a multiple of 256 long; this head's are {}",
+            m.dim
+        )));
+    }
+    let rb = m.dim / 256 * Q6K_BYTES;
+    let n = m
+        .rows
+        .checked_mul(rb)
+        .ok_or_else(|| Error::invalid("head too large"))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| {
+        Error::new(
+            crate::ErrorKind::OutOfMemory,
+            "cannot allocate the Q6_K head",
+        )
+    })?;
+    out.resize(n, 0u8);
+    const CHUNK: usize = 256;
+    if n > 0 {
+        pool.run_chunks(&mut out, CHUNK * rb, &|t, o| {
+            let mut row = vec![0f32; m.dim];
+            for (i, o) in o.chunks_exact_mut(rb).enumerate() {
+                m.dequantize_row(t * CHUNK + i, &mut row);
+                for (x, b) in row.chunks_exact(256).zip(o.chunks_exact_mut(Q6K_BYTES)) {
+                    quantize_q6k_block(x, b);
+                }
+            }
+        });
+    }
+    Ok(out)
 }
 
 fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {

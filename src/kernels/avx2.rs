@@ -562,6 +562,108 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     hsum_f32_ggml(acc)
 }
 
+/// [`super::scalar::q6k_group_scales`] with one group per lane, eight
+/// groups at a time: each lane runs the scalar's operations in the scalar's
+/// order (the sums stay sequential within a group), so every scale and
+/// level is bit-identical.
+///
+/// # Safety
+/// AVX2 and FMA are present.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q6k_group_scales(
+    x: &[f32; 256],
+    scales: &mut [f32; 16],
+    levels: &mut [[u8; 16]; 16],
+) {
+    let sign = _mm256_set1_ps(-0.0);
+    let (lo, hi) = (_mm256_set1_epi32(-32), _mm256_set1_epi32(31));
+    // Element i of the eight groups g0..g0+8, lane j holding group g0 + j.
+    let column = |g0: usize, i: usize| {
+        _mm256_setr_ps(
+            x[16 * g0 + i],
+            x[16 * (g0 + 1) + i],
+            x[16 * (g0 + 2) + i],
+            x[16 * (g0 + 3) + i],
+            x[16 * (g0 + 4) + i],
+            x[16 * (g0 + 5) + i],
+            x[16 * (g0 + 6) + i],
+            x[16 * (g0 + 7) + i],
+        )
+    };
+    // clamp(nearest_int(iscale * v), -32, 31), round half to even (MXCSR).
+    let level = |iscale: __m256, v: __m256| {
+        _mm256_min_epi32(
+            _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(iscale, v)), lo),
+            hi,
+        )
+    };
+    for g0 in [0, 8] {
+        let xs: [__m256; 16] = core::array::from_fn(|i| column(g0, i));
+        let (mut amax, mut max) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for &v in &xs {
+            let a = _mm256_andnot_ps(sign, v);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(a, amax);
+            amax = _mm256_blendv_ps(amax, a, gt);
+            max = _mm256_blendv_ps(max, v, gt);
+        }
+        let sums = |iscale: __m256| {
+            let (mut sumlx, mut suml2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for &v in &xs {
+                let l = _mm256_cvtepi32_ps(level(iscale, v));
+                let w = _mm256_mul_ps(v, v);
+                sumlx = _mm256_fmadd_ps(_mm256_mul_ps(w, v), l, sumlx);
+                suml2 = _mm256_fmadd_ps(_mm256_mul_ps(w, l), l, suml2);
+            }
+            (sumlx, suml2)
+        };
+        let zero = _mm256_setzero_ps();
+        let mut best_iscale = _mm256_div_ps(_mm256_set1_ps(-32.0), max);
+        let (sumlx, suml2) = sums(best_iscale);
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
+        let mut scale = _mm256_and_ps(_mm256_div_ps(sumlx, suml2), nonzero);
+        let mut best = _mm256_mul_ps(scale, sumlx);
+        for is in (-9..=9).filter(|&is| is != 0) {
+            let c = _mm256_fmadd_ps(
+                _mm256_set1_ps(0.1),
+                _mm256_set1_ps(is as f32),
+                _mm256_set1_ps(32.0),
+            );
+            let iscale = _mm256_div_ps(_mm256_xor_ps(c, sign), max);
+            let (sumlx, suml2) = sums(iscale);
+            let better = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(sumlx, sumlx),
+                    _mm256_mul_ps(best, suml2),
+                ),
+            );
+            best_iscale = _mm256_blendv_ps(best_iscale, iscale, better);
+            let s = _mm256_div_ps(sumlx, suml2);
+            scale = _mm256_blendv_ps(scale, s, better);
+            best = _mm256_blendv_ps(best, _mm256_mul_ps(s, sumlx), better);
+        }
+        // Groups below ggml's GROUP_MAX_EPS: scale 0, levels 0.
+        let live = _mm256_cmp_ps::<_CMP_GE_OQ>(amax, _mm256_set1_ps(1e-15));
+        let mut sc = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_and_ps(scale, live)) };
+        scales[g0..g0 + 8].copy_from_slice(&sc);
+        let live = _mm256_castps_si256(live);
+        for (i, &v) in xs.iter().enumerate() {
+            let l = _mm256_and_si256(
+                _mm256_add_epi32(level(best_iscale, v), _mm256_set1_epi32(32)),
+                live,
+            );
+            let mut out = [0i32; 8];
+            // SAFETY: 8 int32.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, l) };
+            for (j, &o) in out.iter().enumerate() {
+                levels[g0 + j][i] = o as u8;
+            }
+        }
+    }
+}
+
 /// # Safety
 /// AVX2 is present.
 #[target_feature(enable = "avx2")]

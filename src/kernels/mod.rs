@@ -456,6 +456,9 @@ pub struct FloatKernels {
     pub dot_i8: fn(&[i8], &[i8]) -> i32,
     pub dot_q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
     pub dot_q6k_q8k: fn(&[u8], &[i8], &[f32]) -> f32,
+    /// The 16 group scales and levels of a Q6_K block being quantized.
+    #[allow(clippy::type_complexity)]
+    pub q6k_group_scales: fn(&[f32; 256], &mut [f32; 16], &mut [[u8; 16]; 16]),
     /// Requires `hd` (the key row's length) to be a multiple of 8.
     pub dot_f16_group: fn(&[u8], &[f32], &mut [f32]),
     /// Requires `hd` to be a multiple of 8.
@@ -478,6 +481,7 @@ static SCALAR_FLOAT: FloatKernels = FloatKernels {
     dot_i8: scalar::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
     dot_q6k_q8k: scalar::dot_q6k_q8k,
+    q6k_group_scales: scalar::q6k_group_scales,
     dot_f16_group: scalar::dot_f16_group,
     weighted_sum: scalar::weighted_sum,
     softmax_round_f16: scalar::softmax_round_f16,
@@ -498,6 +502,7 @@ static AVX2_FLOAT: FloatKernels = FloatKernels {
     dot_i8: |a, b| unsafe { avx2::dot_i8(a, b) },
     dot_q8_0: |r, q, d| unsafe { avx2::dot_q8_0(r, q, d) },
     dot_q6k_q8k: |r, q, d| unsafe { avx2::dot_q6k_q8k(r, q, d) },
+    q6k_group_scales: |x, s, l| unsafe { avx2::q6k_group_scales(x, s, l) },
     dot_f16_group: |k, q, o| unsafe { avx2::dot_f16_group(k, q, o) },
     weighted_sum: |a, st, g, v, rs, n, hd, o| unsafe {
         avx2::weighted_sum(a, st, g, v, rs, n, hd, o)
@@ -536,6 +541,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
     dot_q6k_q8k: scalar::dot_q6k_q8k,
+    q6k_group_scales: scalar::q6k_group_scales,
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
     softmax_round_f16: neon::softmax_round_f16,
@@ -589,6 +595,12 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 /// activations `xq` with block scales `xd` (see [`scalar::dot_q8_0`]).
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     (float().dot_q8_0)(row, xq, xd)
+}
+
+/// The scales and levels of the 16 groups of a Q6_K block being quantized
+/// (see [`scalar::q6k_group_scales`]; every kernel bit-identical).
+pub fn q6k_group_scales(x: &[f32; 256], scales: &mut [f32; 16], levels: &mut [[u8; 16]; 16]) {
+    (float().q6k_group_scales)(x, scales, levels)
 }
 
 /// A Q6_K row against Q8_K activations `xq` with block scales `xd` (see
@@ -1040,6 +1052,65 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// The Q6_K quantizer's group search: every kernel bit-identical to
+    /// the scalar one, on random blocks and on blocks with all-zero,
+    /// denormal-sized, constant, tied-rounding and huge groups.
+    #[test]
+    fn q6k_group_scales_match_scalar() {
+        let mut rng = Rng::new(6);
+        let mut blocks: Vec<[f32; 256]> = Vec::new();
+        for _ in 0..64 {
+            blocks.push(std::array::from_fn(|_| {
+                (rng.next() as i32 as f32) / 2f32.powi(31) * (1 + rng.next() % 4) as f32
+            }));
+        }
+        let mut special = [0f32; 256];
+        for (i, v) in special.iter_mut().enumerate() {
+            *v = match i / 16 {
+                0 => 0.0,
+                1 => 1e-20 * i as f32,
+                2 => 0.5,
+                3 => -0.25,
+                4 => (i % 16) as f32 * 0.5 - 4.0,
+                5 => 1e30 * ((i % 7) as f32 - 3.0),
+                6 => {
+                    if i % 16 == 3 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                }
+                7 => (i % 16) as f32 / 31.5,
+                _ => ((i * 37 % 101) as f32 - 50.0) * 0.01,
+            };
+        }
+        blocks.push(special);
+        blocks.push([0.0; 256]);
+        let s = float_kernels(Kernel::Scalar);
+        for k in Kernel::supported() {
+            for (n, x) in blocks.iter().enumerate() {
+                let (mut sa, mut la) = ([0f32; 16], [[0u8; 16]; 16]);
+                let (mut sb, mut lb) = ([0f32; 16], [[0u8; 16]; 16]);
+                (s.q6k_group_scales)(x, &mut sa, &mut la);
+                (float_kernels(k).q6k_group_scales)(x, &mut sb, &mut lb);
+                assert_eq!(
+                    sa.map(f32::to_bits),
+                    sb.map(f32::to_bits),
+                    "{} block {n}",
+                    k.name()
+                );
+                assert_eq!(la, lb, "{} block {n}", k.name());
+            }
+        }
+        // The scalar search itself: a group of 0..15 / 31.5 keeps its
+        // levels on the grid of the best scale, all within 0..=63.
+        let (mut sc, mut lv) = ([0f32; 16], [[0u8; 16]; 16]);
+        (s.q6k_group_scales)(&special, &mut sc, &mut lv);
+        assert_eq!((sc[0], lv[0]), (0.0, [0; 16]));
+        assert!(lv.iter().flatten().all(|&l| l <= 63));
+        assert!(sc[2] != 0.0 && sc[7] != 0.0);
     }
 
     /// Every float table this CPU runs against the scalar one.

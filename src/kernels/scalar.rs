@@ -246,3 +246,65 @@ pub fn attn_scores(
         }
     }
 }
+
+/// ggml's `nearest_int`, by its own trick (no libm call): round half to
+/// even for |v| <= 4194303, and beyond that the same value ggml gets.
+pub fn nearest_int(v: f32) -> i32 {
+    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// ggml's `make_qx_quants(16, 32, x, L, 1, NULL)`: the scale of a group of
+/// 16 values and their levels `L` (0..=63), searching 19 scales near
+/// `-32 / max` for the least weighted (`x²`) squared error. Every float
+/// operation is in ggml's order, with the multiply-adds fused as clang
+/// (bitnet.cpp's compiler; `-ffp-contract=on`) compiles them for a CPU with
+/// FMA, so the result is bit-identical to that `llama-quantize`'s.
+fn q6k_group_scale(x: &[f32; 16], levels: &mut [u8; 16]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < 1e-15 {
+        levels.fill(0);
+        return 0.0;
+    }
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-32, 31);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let (l, w) = (level(iscale, v) as f32, v * v);
+            sumlx = (w * v).mul_add(l, sumlx);
+            suml2 = (w * l).mul_add(l, suml2);
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -32.0 / max;
+    for (o, &v) in levels.iter_mut().zip(x) {
+        *o = (level(iscale, v) + 32) as u8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        iscale = -(0.1f32.mul_add(is as f32, 32.0)) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (o, &v) in levels.iter_mut().zip(x) {
+                *o = (level(iscale, v) + 32) as u8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// [`q6k_group_scale`] for the 16 groups of a 256-value block.
+pub fn q6k_group_scales(x: &[f32; 256], scales: &mut [f32; 16], levels: &mut [[u8; 16]; 16]) {
+    for ((g, l), sc) in x.chunks_exact(16).zip(levels).zip(scales) {
+        *sc = q6k_group_scale(g.try_into().unwrap(), l);
+    }
+}

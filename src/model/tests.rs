@@ -141,8 +141,14 @@ fn q8_head_effect_on_reference_logits() {
         );
         return;
     };
-    let model =
-        Model::load_with(dir.join("bitnet-tiny.gguf"), LoadOptions { q8_head: true }).unwrap();
+    let model = Model::load_with(
+        dir.join("bitnet-tiny.gguf"),
+        LoadOptions {
+            q8_head: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(model.has_q8_head() && model.head_bytes() < 128256 * 256 * 2 * 6 / 10);
     let (mut diffs, mut agree, mut confident) = (Vec::new(), 0, 0);
     for case in reference_cases(&dir, "bitnet-tiny.ref.jsonl") {
@@ -167,6 +173,58 @@ fn q8_head_effect_on_reference_logits() {
         "the 8-bit head strays too far: median {median} p95 {p95} max {max}"
     );
     assert_eq!(agree, confident, "top-1 differs at a confident position");
+}
+
+/// The Q6_K head made at load is byte for byte what bitnet.cpp's
+/// `llama-quantize --allow-requantize --token-embedding-type q6_k
+/// bitnet-tiny.gguf out.gguf i2_s` writes (its token_embd.weight, FNV-1a
+/// below; bitnet.cpp built with clang 16 for x86-64 with FMA), and greedy
+/// text matches bitnet.cpp's on that file.
+#[test]
+fn q6k_head_is_llama_quantizes() {
+    let Some(dir) = crate::testdata_dir() else {
+        eprintln!("SKIPPED model::q6k_head_is_llama_quantizes: ../shared/testdata not found");
+        return;
+    };
+    let opts = LoadOptions {
+        q6k_head: true,
+        ..Default::default()
+    };
+    let model = Model::load_with(dir.join("bitnet-tiny.gguf"), opts).unwrap();
+    assert!(model.has_q6k_head() && model.head_is_tied());
+    let q = model.head_matrix().data;
+    let fnv = q.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    assert_eq!((q.len(), fnv), (26_933_760, 0xd20c_e27a_c006_f800));
+    assert_eq!(model.head_bytes(), q.len());
+    // bitnet.cpp's llama-cli on that file (-n 16 --temp 0, 1 thread): the
+    // same greedy text. (Q6_K moves this fixture's large logits by up to
+    // ~40 from the F16 reference, so the comparison is with that file.)
+    for (prompt, want) in [
+        (
+            "The capital of France is",
+            " Diameter streetHen.listFiles Uploaded fishes \u{8d77} tcp \u{25b3} novels km\u{6258}\u{c138}\u{b300}atLng`;\n-sectional",
+        ),
+        (
+            "Once upon a time",
+            " \u{4e86}orangeAPPED\u{7b97}bindings\u{0442}\u{0456}\u{0432} DESCTextarea=targetEntities nem\u{016f}\u{017e}e.IOExceptionmyModalLabel<Texture eager Sanders",
+        ),
+    ] {
+        let mut s = Session::new(&model, 64, 64, 1).unwrap();
+        let mut next = argmax(s.forward(&model.tokenizer.encode(prompt, true, false)).unwrap());
+        let mut out = vec![];
+        for _ in 0..16 {
+            out.push(next as u32);
+            next = argmax(s.forward(&[next as u32]).unwrap());
+        }
+        assert_eq!(model.tokenizer.decode(&out, false), want, "{prompt}");
+    }
+    let both = LoadOptions {
+        q8_head: true,
+        q6k_head: true,
+    };
+    assert!(Model::load_with(dir.join("bitnet-tiny.gguf"), both).is_err());
 }
 
 #[test]
@@ -449,8 +507,14 @@ fn batched_sequences_match_each_alone() {
         ("bitnet-tiny", true),
         ("falcon3-i2s-tiny", false),
     ] {
-        let model =
-            Model::load_with(dir.join(format!("{name}.gguf")), LoadOptions { q8_head }).unwrap();
+        let model = Model::load_with(
+            dir.join(format!("{name}.gguf")),
+            LoadOptions {
+                q8_head,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // Per sequence: the chunks it is fed in, step by step (None: idle).
         let a: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![6], vec![7], vec![8]];
         let b: Vec<Vec<u32>> = vec![vec![9, 10, 11], vec![12, 13], vec![14], vec![15]];

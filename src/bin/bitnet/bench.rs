@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Use an 8-bit copy of the LM head.
     #[arg(long)]
     q8_head: bool,
+    /// Requantize the LM head to Q6_K at load as llama-quantize does (bitnet.cpp's
+    /// --quant-embd): 0.4x the bytes of an F16 head, the logits bitnet.cpp gives on such a file.
+    #[arg(long, conflicts_with = "q8_head")]
+    q6k_head: bool,
     /// Where the synthetic model is cached (default: $XDG_CACHE_HOME/bitnet-stfma or ~/.cache/bitnet-stfma).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -146,7 +150,14 @@ pub fn bench(a: BenchArgs) -> CliResult {
     };
     eprintln!("loading {} ...", path.display());
     let t = Instant::now();
-    let model = Model::load_with(&path, LoadOptions { q8_head: a.q8_head }).map_err(model_err)?;
+    let model = Model::load_with(
+        &path,
+        LoadOptions {
+            q8_head: a.q8_head,
+            q6k_head: a.q6k_head,
+        },
+    )
+    .map_err(model_err)?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;
@@ -156,7 +167,13 @@ pub fn bench(a: BenchArgs) -> CliResult {
         c.n_layers,
         c.dim,
         c.vocab_size,
-        if model.has_q8_head() { "8-bit (from the file's head)".to_string() } else { model.head_type().to_string() },
+        if model.has_q8_head() {
+            "8-bit (from the file's head)".to_string()
+        } else if model.has_q6k_head() {
+            format!("Q6_K (from the file's {})", model.head_type())
+        } else {
+            model.head_type().to_string()
+        },
         bytes_per_token / 1e9,
         kernels::active().name()
     );
@@ -264,10 +281,11 @@ pub fn bench(a: BenchArgs) -> CliResult {
     if a.json {
         for r in &rows {
             println!(
-                "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
+                "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"q6k_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
                 path.display().to_string(),
                 kernels::active().name(),
                 a.q8_head,
+                model.has_q6k_head(),
                 r.threads,
                 r.depth,
                 a.n_prompt,

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// from bitnet.cpp's).
     #[arg(long)]
     q8_head: bool,
+    /// Requantize the LM head to Q6_K at load as llama-quantize does (bitnet.cpp's
+    /// --quant-embd): 0.4x the bytes of an F16 head, the logits bitnet.cpp gives on such a file.
+    #[arg(long, conflicts_with = "q8_head")]
+    q6k_head: bool,
 }
 
 pub fn serve(a: ServeArgs) -> CliResult {
@@ -71,7 +75,10 @@ pub fn serve(a: ServeArgs) -> CliResult {
     warn_threads(a.threads);
     let model = Model::load_with(
         &a.model,
-        bitnet_stfma::model::LoadOptions { q8_head: a.q8_head },
+        bitnet_stfma::model::LoadOptions {
+            q8_head: a.q8_head,
+            q6k_head: a.q6k_head,
+        },
     )
     .map_err(model_err)?;
     let name = a.alias.clone().unwrap_or_else(|| {
