@@ -540,7 +540,7 @@ static NEON_FLOAT: FloatKernels = FloatKernels {
     axpy_f16: neon::axpy_f16,
     dot_i8: neon::dot_i8,
     dot_q8_0: scalar::dot_q8_0,
-    dot_q6k_q8k: scalar::dot_q6k_q8k,
+    dot_q6k_q8k: neon::dot_q6k_q8k,
     q6k_group_scales: scalar::q6k_group_scales,
     dot_f16_group: neon::dot_f16_group,
     weighted_sum: neon::weighted_sum,
@@ -604,7 +604,8 @@ pub fn q6k_group_scales(x: &[f32; 256], scales: &mut [f32; 16], levels: &mut [[u
 }
 
 /// A Q6_K row against Q8_K activations `xq` with block scales `xd` (see
-/// [`scalar::dot_q6k_q8k`]); on x86 in the order of ggml's AVX2 kernel.
+/// [`scalar::dot_q6k_q8k`]); on x86 in the order of ggml's AVX2 kernel,
+/// elsewhere bit-identical to the scalar one.
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     (float().dot_q6k_q8k)(row, xq, xd)
 }
@@ -1048,6 +1049,9 @@ pub(crate) mod tests {
                     );
                     if matches!(k.name(), "avx2" | "avx512") {
                         assert_eq!(got.to_bits(), ggml.to_bits(), "{what}: {got} {ggml}");
+                    } else {
+                        let sc = (float_kernels(Kernel::Scalar).dot_q6k_q8k)(&row, &xq, &xd);
+                        assert_eq!(got.to_bits(), sc.to_bits(), "{what}: {got} {sc}");
                     }
                 }
             }

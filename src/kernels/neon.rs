@@ -467,3 +467,59 @@ pub fn scale_round_f16(v: &mut [f32], inv: f32) {
     }
     super::scalar::scale_round_f16(&mut v[i..], inv);
 }
+
+/// [`super::scalar::dot_q6k_q8k`], bit-identical to it: each 16-value
+/// group's products widen to int16 (|(q6 - 32)·q8| <= 4096, two per lane),
+/// pair up into int32 and take the group's scale; the block's exact integer
+/// sum is scaled as the scalar scales it.
+pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    use super::scalar::Q6K_BLOCK;
+    let mut acc = 0f32;
+    for ((b, x), &d) in row
+        .chunks_exact(Q6K_BLOCK)
+        .zip(xq.chunks_exact(256))
+        .zip(xd)
+    {
+        // SAFETY: NEON baseline; the block is 210 bytes (ql 0..128, qh
+        // 128..192) and x holds 256 values.
+        let isum = unsafe {
+            let (m4, m3, m32) = (vdupq_n_u8(0xF), vdupq_n_u8(3), vdupq_n_s8(32));
+            let mut acc = vdupq_n_s32(0);
+            for half in 0..2 {
+                let ql = b.as_ptr().add(64 * half);
+                let qh = b.as_ptr().add(128 + 32 * half);
+                let l: [uint8x16_t; 4] = core::array::from_fn(|i| vld1q_u8(ql.add(16 * i)));
+                let h = [vld1q_u8(qh), vld1q_u8(qh.add(16))];
+                for g in 0..8 {
+                    // Group g of the half: values 16g..16g+16; low nibbles
+                    // for groups 0-3, high for 4-7; qh bits 2·(g / 2).
+                    let lo = l[g % 4];
+                    let lo = if g < 4 {
+                        vandq_u8(lo, m4)
+                    } else {
+                        vshrq_n_u8::<4>(lo)
+                    };
+                    let hi = h[g % 2];
+                    let hi = match g / 2 {
+                        0 => hi,
+                        1 => vshrq_n_u8::<2>(hi),
+                        2 => vshrq_n_u8::<4>(hi),
+                        _ => vshrq_n_u8::<6>(hi),
+                    };
+                    let q = vorrq_u8(lo, vshlq_n_u8::<4>(vandq_u8(hi, m3)));
+                    let q = vsubq_s8(vreinterpretq_s8_u8(q), m32);
+                    let y = vld1q_s8(x.as_ptr().add(128 * half + 16 * g));
+                    let p = vaddq_s16(
+                        vmull_s8(vget_low_s8(q), vget_low_s8(y)),
+                        vmull_high_s8(q, y),
+                    );
+                    let sc = b[192 + 8 * half + g] as i8 as i32;
+                    acc = vmlaq_n_s32(acc, vpaddlq_s16(p), sc);
+                }
+            }
+            vaddvq_s32(acc)
+        };
+        acc += super::scalar::f16_at(b, 104) * d * isum as f32;
+    }
+    acc
+}

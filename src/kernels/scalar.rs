@@ -75,7 +75,7 @@ pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
 // the attention softmax and the int8 head dot.
 // ---------------------------------------------------------------------------
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
 }
 
