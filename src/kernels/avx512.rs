@@ -162,6 +162,12 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
     acc.map(|a| _mm512_reduce_add_epi32(_mm512_add_epi32(a[0], a[1])))
 }
 
+/// Blocks ahead that the one-column [`tile`] (decode) prefetches: decode
+/// streams every weight once from memory, and the hardware prefetchers stop
+/// at each 4 KiB page. On Zen 5, 2 threads: ternary time per token 5-12%
+/// lower. (The same in the AVX2 four-row dot made no difference there.)
+const DECODE_AHEAD: usize = 16;
+
 /// Four weight rows (a cache tile) against `N` activation rows: the prompt
 /// GEMM's register tile. Rows 0|1 and 2|3 share a 512-bit register, each
 /// 32-byte activation vector is broadcast to both halves and feeds two
@@ -186,6 +192,14 @@ pub unsafe fn tile<const N: usize>(
     let mut acc23 = [[_mm512_setzero_si512(); N]; 2];
     for b in 0..nb {
         let off = b * stride;
+        if N == 1 {
+            // Past the tile's end this is the next tile of the layout.
+            for r in w {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    r.wrapping_add(off + DECODE_AHEAD * stride) as *const i8
+                );
+            }
+        }
         // SAFETY: block b of each row is in bounds.
         let (x01, x23) = unsafe {
             (
@@ -627,6 +641,13 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         .zip(xd)
     {
         let d = dx * f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+        // The same block four rows on: a head streams through hundreds of
+        // megabytes, and the prefetchers stop at page boundaries (Zen 5:
+        // head time per token about 15% lower at 1 thread).
+        let ahead = b.as_ptr().wrapping_add(4 * row.len());
+        for l in (0..Q6K_BLOCK).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+        }
         // SAFETY: scales are bytes 192..208 of the block.
         let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(unsafe {
             _mm_loadu_si128(b.as_ptr().add(192) as *const __m128i)
