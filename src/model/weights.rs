@@ -328,7 +328,8 @@ impl Model {
         self.head.ty
     }
 
-    /// Bytes the LM head reads per decoded token (the 8-bit copy if loaded).
+    /// Bytes the LM head reads per decoded token (the 8-bit or Q6_K copy if
+    /// loaded).
     pub fn head_bytes(&self) -> usize {
         match &self.q8_head {
             Some(h) => h.bytes(),
