@@ -547,14 +547,8 @@ pub(super) unsafe fn q6k_block_lanes(b: &[u8], x: &[i8]) -> __m256i {
 /// AVX2 and FMA are present.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    use super::scalar::Q6K_BLOCK;
     let mut acc = _mm256_setzero_ps();
-    for ((b, x), &dx) in row
-        .chunks_exact(Q6K_BLOCK)
-        .zip(xq.chunks_exact(256))
-        .zip(xd)
-    {
-        let d = dx * f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+    for (b, x, d) in super::scalar::q6k_blocks(row, xq, xd) {
         // SAFETY: a whole block and 256 values.
         let sumi = unsafe { q6k_block_lanes(b, x) };
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);

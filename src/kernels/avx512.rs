@@ -6,8 +6,6 @@
 
 use core::arch::x86_64::*;
 
-use half::f16;
-
 use super::avx2::{hsum_f32_ggml, hsum_i32, load4};
 
 /// # Safety
@@ -635,12 +633,7 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     // SAFETY: 32 int16 values.
     let lane_scale = unsafe { _mm512_loadu_si512(lane_scale.as_ptr() as *const _) };
     let mut acc = _mm256_setzero_ps();
-    for ((b, x), &dx) in row
-        .chunks_exact(Q6K_BLOCK)
-        .zip(xq.chunks_exact(256))
-        .zip(xd)
-    {
-        let d = dx * f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
+    for (b, x, d) in super::scalar::q6k_blocks(row, xq, xd) {
         // The same block four rows on: a head streams through hundreds of
         // megabytes, and the prefetchers stop at page boundaries (Zen 5:
         // head time per token about 15% lower at 1 thread).

@@ -473,13 +473,8 @@ pub fn scale_round_f16(v: &mut [f32], inv: f32) {
 /// pair up into int32 and take the group's scale; the block's exact integer
 /// sum is scaled as the scalar scales it.
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    use super::scalar::Q6K_BLOCK;
     let mut acc = 0f32;
-    for ((b, x), &d) in row
-        .chunks_exact(Q6K_BLOCK)
-        .zip(xq.chunks_exact(256))
-        .zip(xd)
-    {
+    for (b, x, d) in super::scalar::q6k_blocks(row, xq, xd) {
         // SAFETY: NEON baseline; the block is 210 bytes (ql 0..128, qh
         // 128..192) and x holds 256 values.
         let isum = unsafe {
@@ -519,7 +514,7 @@ pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
             }
             vaddvq_s32(acc)
         };
-        acc += super::scalar::f16_at(b, 104) * d * isum as f32;
+        acc += d * isum as f32;
     }
     acc
 }

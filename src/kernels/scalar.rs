@@ -75,7 +75,7 @@ pub fn act_round(x: &[f32], scale: f32, q: &mut [i8]) -> i32 {
 // the attention softmax and the int8 head dot.
 // ---------------------------------------------------------------------------
 
-pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
+fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
 }
 
@@ -154,20 +154,30 @@ pub fn q6k_values(b: &[u8]) -> [i8; 256] {
 /// the integer sum exact, as ggml's `vec_dot_q6_K_q8_K`.
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
-    for ((b, x), &d) in row
-        .chunks_exact(Q6K_BLOCK)
-        .zip(xq.chunks_exact(256))
-        .zip(xd)
-    {
+    for (b, x, d) in q6k_blocks(row, xq, xd) {
         let isum: i32 = q6k_values(b)
             .iter()
             .zip(x)
             .enumerate()
             .map(|(p, (&q, &x))| b[192 + p / 16] as i8 as i32 * q as i32 * x as i32)
             .sum();
-        acc += f16_at(b, 104) * d * isum as f32; // bytes 208..210
+        acc += d * isum as f32;
     }
     acc
+}
+
+/// The blocks of a Q6_K row with their 256 Q8_K values and the product of
+/// the two scales (the activations' times the block's f16 `d`, bytes
+/// 208..210), for every Q6_K dot.
+pub(super) fn q6k_blocks<'a>(
+    row: &'a [u8],
+    xq: &'a [i8],
+    xd: &'a [f32],
+) -> impl Iterator<Item = (&'a [u8], &'a [i8], f32)> {
+    row.chunks_exact(Q6K_BLOCK)
+        .zip(xq.chunks_exact(256))
+        .zip(xd)
+        .map(|((b, x), &dx)| (b, x, dx * f16_at(b, 104)))
 }
 
 /// `out[j] = k · qs[j]` for the `out.len()` query rows stored back to back.
