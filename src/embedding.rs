@@ -387,6 +387,23 @@ pub fn quantize_q6k_block(x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// A zeroed buffer for a head copy of `rows` rows of `row_len` elements;
+/// too large or out of memory is an error, not an abort.
+fn head_buffer<T: Copy + Default>(rows: usize, row_len: usize, what: &str) -> Result<Vec<T>> {
+    let n = rows
+        .checked_mul(row_len)
+        .ok_or_else(|| Error::invalid("head too large"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::new(
+            crate::ErrorKind::OutOfMemory,
+            format!("cannot allocate the {what} head"),
+        )
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
 /// A Q6_K copy of a matrix (rows a multiple of 256 long), quantized as
 /// `llama-quantize` does, split over the pool: the opt-in 6-bit LM head.
 pub fn quantize_q6k_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Vec<u8>> {
@@ -397,18 +414,8 @@ pub fn quantize_q6k_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Vec<u8>> {
         )));
     }
     let rb = m.dim / 256 * Q6K_BYTES;
-    let n = m
-        .rows
-        .checked_mul(rb)
-        .ok_or_else(|| Error::invalid("head too large"))?;
-    let mut out = Vec::new();
-    out.try_reserve_exact(n).map_err(|_| {
-        Error::new(
-            crate::ErrorKind::OutOfMemory,
-            "cannot allocate the Q6_K head",
-        )
-    })?;
-    out.resize(n, 0u8);
+    let mut out = head_buffer::<u8>(m.rows, rb, "Q6_K")?;
+    let n = out.len();
     const CHUNK: usize = 256;
     if n > 0 {
         pool.run_chunks(&mut out, CHUNK * rb, &|t, o| {
@@ -445,18 +452,8 @@ pub struct Q8Head {
 impl Q8Head {
     /// Quantizes every row of `m`, split over the pool.
     pub fn from_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Q8Head> {
-        let n = m
-            .rows
-            .checked_mul(m.dim)
-            .ok_or_else(|| Error::invalid("head too large"))?;
-        let mut q = Vec::new();
-        q.try_reserve_exact(n).map_err(|_| {
-            Error::new(
-                crate::ErrorKind::OutOfMemory,
-                "cannot allocate the 8-bit head",
-            )
-        })?;
-        q.resize(n, 0i8);
+        let mut q = head_buffer::<i8>(m.rows, m.dim, "8-bit")?;
+        let n = q.len();
         let mut scales = vec![0f32; m.rows];
         const CHUNK: usize = 1024;
         // (an empty head has no chunks to split)
