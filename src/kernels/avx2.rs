@@ -513,25 +513,8 @@ pub(super) unsafe fn q6k_block_lanes(b: &[u8], x: &[i8]) -> __m256i {
             // (q6 - 32)·q8 in int16 pairs: |q6·q8 pair| <= 2·63·128.
             let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, xv), _mm256_maddubs_epi16(m32, xv));
             // Scales 2c and 2c+1 of this half, eight int16 lanes each.
-            let s = 2 * (4 * half + c) as i8;
-            let sh = _mm_set_epi8(
-                s + 1,
-                s + 1,
-                s + 1,
-                s + 1,
-                s + 1,
-                s + 1,
-                s + 1,
-                s + 1,
-                s,
-                s,
-                s,
-                s,
-                s,
-                s,
-                s,
-                s,
-            );
+            let s = 2 * (4 * half + c) as u8;
+            let sh = _mm_set_epi64x(i64::from_le_bytes([s + 1; 8]), i64::from_le_bytes([s; 8]));
             let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, sh));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p));
         }
