@@ -8,7 +8,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::scalar::nearest_int;
+use crate::kernels::scalar::{nearest_int, signed_absmax};
 use crate::kernels::{
     dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, q6k_values, Q6K_BLOCK, Q8_0_BLOCK,
 };
@@ -316,13 +316,7 @@ pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
 /// into `q` and `d`.
 pub fn quantize_q8k(x: &[f32], q: &mut [i8], d: &mut [f32]) {
     for ((b, qb), d) in x.chunks(256).zip(q.chunks_mut(256)).zip(d) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (amax, max) = signed_absmax(b);
         if amax == 0.0 {
             qb.fill(0);
             *d = 0.0;
@@ -344,13 +338,7 @@ pub fn quantize_q6k_block(x: &[f32], out: &mut [u8]) {
     let mut levels = [[0u8; 16]; 16];
     let mut scales = [0f32; 16];
     crate::kernels::q6k_group_scales(x.try_into().unwrap(), &mut scales, &mut levels);
-    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for &sc in &scales {
-        if sc.abs() > max_abs_scale {
-            max_abs_scale = sc.abs();
-            max_scale = sc;
-        }
-    }
+    let (max_abs_scale, max_scale) = signed_absmax(&scales);
     out.fill(0);
     if max_abs_scale < 1e-15 {
         return;

@@ -263,13 +263,9 @@ pub fn nearest_int(v: f32) -> i32 {
     ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// ggml's `make_qx_quants(16, 32, x, L, 1, NULL)`: the scale of a group of
-/// 16 values and their levels `L` (0..=63), searching 19 scales near
-/// `-32 / max` for the least weighted (`x²`) squared error. Every float
-/// operation is in ggml's order, with the multiply-adds fused as clang
-/// (bitnet.cpp's compiler; `-ffp-contract=on`) compiles them for a CPU with
-/// FMA, so the result is bit-identical to that `llama-quantize`'s.
-fn q6k_group_scale(x: &[f32; 16], levels: &mut [u8; 16]) -> f32 {
+/// The largest magnitude of `x` and the value that has it (the first one),
+/// as ggml's quantizers find them: `(0, 0)` when every value is 0.
+pub fn signed_absmax<'a>(x: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -277,6 +273,17 @@ fn q6k_group_scale(x: &[f32; 16], levels: &mut [u8; 16]) -> f32 {
             max = v;
         }
     }
+    (amax, max)
+}
+
+/// ggml's `make_qx_quants(16, 32, x, L, 1, NULL)`: the scale of a group of
+/// 16 values and their levels `L` (0..=63), searching 19 scales near
+/// `-32 / max` for the least weighted (`x²`) squared error. Every float
+/// operation is in ggml's order, with the multiply-adds fused as clang
+/// (bitnet.cpp's compiler; `-ffp-contract=on`) compiles them for a CPU with
+/// FMA, so the result is bit-identical to that `llama-quantize`'s.
+fn q6k_group_scale(x: &[f32; 16], levels: &mut [u8; 16]) -> f32 {
+    let (amax, max) = signed_absmax(x);
     if amax < 1e-15 {
         levels.fill(0);
         return 0.0;

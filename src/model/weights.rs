@@ -145,11 +145,11 @@ impl Model {
     }
 
     pub fn load_with(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Model> {
-        let g = Gguf::open(path)?;
-        let mut m = Self::from_gguf(Arc::new(g))?;
         if opts.q8_head && opts.q6k_head {
             return Err(Error::invalid("choose one of the 8-bit and the Q6_K head"));
         }
+        let g = Gguf::open(path)?;
+        let mut m = Self::from_gguf(Arc::new(g))?;
         if opts.q8_head {
             m.q8_head = Some(Q8Head::from_matrix(&m.head_matrix(), &ThreadPool::new(0))?);
         }
@@ -297,19 +297,15 @@ impl Model {
     }
 
     pub(super) fn head_matrix(&self) -> Matrix<'_> {
-        if let Some(q) = &self.q6k_head {
-            return Matrix {
-                ty: GgmlType::Q6K,
-                rows: self.config.vocab_size,
-                dim: self.config.dim,
-                data: q,
-            };
-        }
+        let (ty, data) = match &self.q6k_head {
+            Some(q) => (GgmlType::Q6K, &q[..]),
+            None => (self.head.ty, self.gguf.tensor_data(&self.head)),
+        };
         Matrix {
-            ty: self.head.ty,
+            ty,
             rows: self.config.vocab_size,
             dim: self.config.dim,
-            data: self.gguf.tensor_data(&self.head),
+            data,
         }
     }
 
