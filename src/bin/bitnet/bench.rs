@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use bitnet_stfma::kernels;
-use bitnet_stfma::model::{LoadOptions, Model, Session, Timings};
+use bitnet_stfma::model::{Model, Session, Timings};
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
-use crate::{model_err, warn_threads, CliResult, Progress};
+use crate::{model_err, warn_threads, CliResult, HeadArgs, Progress};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -46,13 +46,8 @@ pub struct BenchArgs {
     /// One JSON object per configuration on stdout.
     #[arg(long)]
     json: bool,
-    /// Use an 8-bit copy of the LM head.
-    #[arg(long)]
-    q8_head: bool,
-    /// Requantize the LM head to Q6_K at load as llama-quantize does (bitnet.cpp's
-    /// --quant-embd): 0.4x the bytes of an F16 head, the logits bitnet.cpp gives on such a file.
-    #[arg(long, conflicts_with = "q8_head")]
-    q6k_head: bool,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Where the synthetic model is cached (default: $XDG_CACHE_HOME/bitnet-stfma or ~/.cache/bitnet-stfma).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -150,14 +145,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     };
     eprintln!("loading {} ...", path.display());
     let t = Instant::now();
-    let model = Model::load_with(
-        &path,
-        LoadOptions {
-            q8_head: a.q8_head,
-            q6k_head: a.q6k_head,
-        },
-    )
-    .map_err(model_err)?;
+    let model = Model::load_with(&path, a.head.load_options()).map_err(model_err)?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;
@@ -284,7 +272,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
                 "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"q6k_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
                 path.display().to_string(),
                 kernels::active().name(),
-                a.q8_head,
+                model.has_q8_head(),
                 model.has_q6k_head(),
                 r.threads,
                 r.depth,

@@ -122,13 +122,30 @@ struct Common {
     /// Prompt tokens processed per batch.
     #[arg(short = 'b', long = "batch-size", default_value_t = 64)]
     batch: usize,
-    /// Use an 8-bit copy of the LM head (made at load; faster, logits differ slightly).
+    #[command(flatten)]
+    head: HeadArgs,
+}
+
+/// The LM head options of every command that loads a model.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct HeadArgs {
+    /// Use an 8-bit copy of the LM head (made at load; faster, especially batched; logits
+    /// differ slightly from bitnet.cpp's).
     #[arg(long)]
-    q8_head: bool,
+    pub(crate) q8_head: bool,
     /// Requantize the LM head to Q6_K at load as llama-quantize does (bitnet.cpp's
     /// --quant-embd): 0.4x the bytes of an F16 head, the logits bitnet.cpp gives on such a file.
     #[arg(long, conflicts_with = "q8_head")]
-    q6k_head: bool,
+    pub(crate) q6k_head: bool,
+}
+
+impl HeadArgs {
+    pub(crate) fn load_options(self) -> LoadOptions {
+        LoadOptions {
+            q8_head: self.q8_head,
+            q6k_head: self.q6k_head,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -350,14 +367,7 @@ fn main() -> ExitCode {
 
 fn load(c: &Common) -> CliResult<(Model, Duration)> {
     let t = Instant::now();
-    let m = Model::load_with(
-        &c.model,
-        LoadOptions {
-            q8_head: c.q8_head,
-            q6k_head: c.q6k_head,
-        },
-    )
-    .map_err(model_err)?;
+    let m = Model::load_with(&c.model, c.head.load_options()).map_err(model_err)?;
     Ok((m, t.elapsed()))
 }
 

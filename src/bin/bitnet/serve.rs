@@ -13,7 +13,7 @@ use bitnet_stfma::server::{self, ServeConfig};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::{model_err, warn_threads, CliError, CliResult};
+use crate::{model_err, warn_threads, CliError, CliResult, HeadArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -52,14 +52,8 @@ pub struct ServeArgs {
     /// Model name for /v1/models and responses (default: the file name).
     #[arg(long)]
     alias: Option<String>,
-    /// Use an 8-bit copy of the LM head (faster, especially batched; logits differ slightly
-    /// from bitnet.cpp's).
-    #[arg(long)]
-    q8_head: bool,
-    /// Requantize the LM head to Q6_K at load as llama-quantize does (bitnet.cpp's
-    /// --quant-embd): 0.4x the bytes of an F16 head, the logits bitnet.cpp gives on such a file.
-    #[arg(long, conflicts_with = "q8_head")]
-    q6k_head: bool,
+    #[command(flatten)]
+    head: HeadArgs,
 }
 
 pub fn serve(a: ServeArgs) -> CliResult {
@@ -73,14 +67,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
         .with_writer(std::io::stderr)
         .try_init();
     warn_threads(a.threads);
-    let model = Model::load_with(
-        &a.model,
-        bitnet_stfma::model::LoadOptions {
-            q8_head: a.q8_head,
-            q6k_head: a.q6k_head,
-        },
-    )
-    .map_err(model_err)?;
+    let model = Model::load_with(&a.model, a.head.load_options()).map_err(model_err)?;
     let name = a.alias.clone().unwrap_or_else(|| {
         a.model
             .file_stem()
