@@ -12,6 +12,7 @@ use bitnet_stfma::model::{Model, Session, Timings};
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
+use crate::output::outln;
 use crate::{model_err, warn_threads, CliResult, HeadArgs, Progress};
 
 #[derive(Args)]
@@ -268,7 +269,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let rss = peak_rss_mb();
     if a.json {
         for r in &rows {
-            println!(
+            outln!(
                 "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"q6k_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
                 path.display().to_string(),
                 kernels::active().name(),
@@ -289,16 +290,16 @@ pub fn bench(a: BenchArgs) -> CliResult {
                 r.phases[3],
                 rss,
                 load_s
-            );
+            )?;
         }
     } else {
-        println!(
+        outln!(
             "| threads | depth | pp{} tok/s | tg{} tok/s | bandwidth GB/s | tg bound tok/s | of bound | ms/token: ternary | LM head | attention | other |",
             a.n_prompt, a.n_gen
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        )?;
+        outln!("|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in &rows {
-            println!(
+            outln!(
                 "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} |",
                 r.threads,
                 r.depth,
@@ -311,9 +312,9 @@ pub fn bench(a: BenchArgs) -> CliResult {
                 r.phases[1],
                 r.phases[2],
                 r.phases[3]
-            );
+            )?;
         }
-        println!("peak RSS {rss:.0} MB; medians of {reps} repetitions");
+        outln!("peak RSS {rss:.0} MB; medians of {reps} repetitions")?;
     }
     Ok(())
 }

@@ -473,3 +473,185 @@ fn every_family_runs_from_the_command_line() {
         ok(&chat);
     }
 }
+
+/// Every command that writes to stdout, with its arguments and stdin.
+fn stdout_commands(
+    m: &str,
+    micro: &str,
+    text: &str,
+) -> Vec<(&'static str, Vec<String>, &'static str)> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "run",
+            v(&["run", "-m", m, "-p", "Hello", "-n", "16", "--temp", "0"]),
+            "",
+        ),
+        (
+            "chat",
+            v(&["chat", "-m", m, "-n", "8", "--temp", "0"]),
+            "Hi\n",
+        ),
+        ("tokenize", v(&["tokenize", "-m", m, "-f", text]), ""),
+        (
+            "eval",
+            v(&["eval", "-m", m, "-p", "Hello world", "--top", "3"]),
+            "",
+        ),
+        (
+            "perplexity",
+            v(&["perplexity", "-m", m, "-f", text, "-c", "32"]),
+            "",
+        ),
+        (
+            "bench",
+            v(&[
+                "bench", "-m", micro, "-t", "1", "-p", "8", "-n", "4", "-r", "1", "--json",
+            ]),
+            "",
+        ),
+        ("info", v(&["info", "-m", m]), ""),
+        // Nothing listens there; the load generator's table header is its
+        // first write, before any request.
+        (
+            "loadgen",
+            v(&[
+                "loadgen",
+                "--url",
+                "http://127.0.0.1:9",
+                "--clients",
+                "1",
+                "--requests",
+                "1",
+            ]),
+            "",
+        ),
+    ]
+}
+
+fn stdout_fixtures() -> Option<(String, String, String)> {
+    let m = tiny()?;
+    let text = tmp("pipe-text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let micro = tmp("pipe-micro.gguf");
+    ok(&bitnet(&[
+        "gen-model",
+        "--shape",
+        "micro",
+        "-o",
+        p(&micro),
+        "-s",
+        "7",
+    ]));
+    Some((
+        p(&m).to_string(),
+        p(&micro).to_string(),
+        p(&text).to_string(),
+    ))
+}
+
+fn run_with_stdout(args: &[String], input: &str, stdout: Stdio) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bitnet");
+    // The command may be gone before it reads its input.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// A reader that has gone before the first write (`| head -c 0`, and
+/// deterministically what `| grep -q` or `| head` races towards): every
+/// command ends quietly, killed by SIGPIPE as a C tool is, with no panic and
+/// no message.
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_every_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some((m, micro, txt)) = stdout_fixtures() else {
+        return;
+    };
+    for (name, args, input) in stdout_commands(&m, &micro, &txt) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = run_with_stdout(&args, input, Stdio::from(writer));
+        let err = text(&o.stderr);
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{name}: status {:?}, stderr: {err}",
+            o.status
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("error"),
+            "{name}: {err}"
+        );
+    }
+}
+
+/// A reader that takes a little and then closes (`| head -c 1`): the command
+/// either finished first or ends by SIGPIPE; never a panic.
+#[cfg(unix)]
+#[test]
+fn reader_closing_early_never_panics() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let Some((m, micro, txt)) = stdout_fixtures() else {
+        return;
+    };
+    for (name, args, input) in stdout_commands(&m, &micro, &txt) {
+        if name == "loadgen" {
+            continue; // no server to finish against; covered above
+        }
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        let mut first = [0u8; 1];
+        let mut so = child.stdout.take().unwrap();
+        so.read_exact(&mut first).unwrap();
+        drop(so);
+        let o = child.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(
+            o.status.success() || o.status.signal() == Some(13),
+            "{name}: status {:?}, stderr: {err}",
+            o.status
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+/// Any other write error is an error with its message and exit status 1.
+#[cfg(target_os = "linux")]
+#[test]
+fn full_disk_on_stdout_is_an_error() {
+    let Some((m, micro, txt)) = stdout_fixtures() else {
+        return;
+    };
+    for (name, args, input) in stdout_commands(&m, &micro, &txt) {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = run_with_stdout(&args, input, Stdio::from(full));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("error: writing to standard output: No space left on device")
+                && !err.contains("panicked"),
+            "{name}: {err}"
+        );
+    }
+}

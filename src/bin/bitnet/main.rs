@@ -16,7 +16,10 @@ use bitnet_stfma::synthetic::{self, Shape};
 use bitnet_stfma::tokenizer::StreamDecoder;
 
 mod bench;
+mod output;
 mod serve;
+
+use output::{out, outln};
 
 /// A failure of a command, by kind: each kind has its own exit status.
 #[derive(Debug)]
@@ -30,12 +33,15 @@ pub enum CliError {
     Input(String),
     /// Anything else, such as a failed write (exit 1).
     Other(String),
+    /// Standard output was closed by its reader: the program ends quietly,
+    /// by SIGPIPE, as `head`'s writer does.
+    StdoutClosed,
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Other(_) => 1,
+            CliError::Other(_) | CliError::StdoutClosed => 1,
             CliError::Usage(_) => 2,
             CliError::Model(_) => 3,
             CliError::Input(_) => 4,
@@ -44,6 +50,7 @@ impl CliError {
     fn message(&self) -> &str {
         match self {
             CliError::Usage(m) | CliError::Model(m) | CliError::Input(m) | CliError::Other(m) => m,
+            CliError::StdoutClosed => "standard output closed",
         }
     }
 }
@@ -73,7 +80,7 @@ type CliResult<T = ()> = Result<T, CliError>;
 -sys/--system-prompt, -cnv/--conversation, --temp, --top-k, --top-p, --repeat-penalty, --repeat-last-n).\n\n\
 Exit status: 0 success; 1 other failure (such as a failed write); 2 bad command line; \
 3 model file unreadable, invalid or unsupported; 4 bad input (empty or over-long prompt, unreadable text file, \
-token id outside the vocabulary)."
+token id outside the vocabulary). A reader that closes stdout early ends a command quietly by SIGPIPE, as it ends a C tool."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -344,6 +351,11 @@ fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::f
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(llama_spellings(std::env::args_os()));
+    // The server and the load generator keep SIGPIPE ignored (a client that
+    // hangs up must not kill them); their stdout writes are checked instead.
+    if !matches!(cli.command, Command::Serve(_) | Command::Loadgen(_)) {
+        output::die_on_closed_pipe();
+    }
     let r = match cli.command {
         Command::Run(a) => run(a),
         Command::Chat(a) => chat(a),
@@ -358,6 +370,7 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::StdoutClosed) => output::exit_closed_pipe(),
         Err(e) => {
             eprintln!("error: {}", e.message());
             ExitCode::from(e.exit_code())
@@ -417,7 +430,6 @@ fn generate(
     let tok = &sess.model.tokenizer;
     let mut logits = first;
     let mut stream = StreamDecoder::new();
-    let mut out = std::io::stdout().lock();
     let t = Instant::now();
     let mut count = 0;
     let mut ended = false;
@@ -427,8 +439,7 @@ fn generate(
             ended = true;
             break;
         }
-        let _ = out.write_all(stream.push(tok.token_to_bytes(next, false)).as_bytes());
-        let _ = out.flush();
+        output::write_bytes(stream.push(tok.token_to_bytes(next, false)).as_bytes())?;
         sampler.accept(next);
         count += 1;
         if sess.pos() >= sess.ctx() {
@@ -437,8 +448,7 @@ fn generate(
         }
         logits.copy_from_slice(sess.forward(&[next]).map_err(|e| e.to_string())?);
     }
-    let _ = out.write_all(stream.finish().as_bytes());
-    let _ = out.flush();
+    output::write_bytes(stream.finish().as_bytes())?;
     Ok((count, t.elapsed(), ended))
 }
 
@@ -473,13 +483,13 @@ fn run(a: RunArgs) -> CliResult {
         sampler.accept(t);
     }
     if a.system.is_none() {
-        print!("{prompt}");
+        out!("{prompt}")?;
     }
     let t = Instant::now();
     let logits = sess.forward(&tokens).map_err(|e| e.to_string())?.to_vec();
     let prompt_time = t.elapsed();
     let (n, gen_time, _) = generate(&mut sess, &mut sampler, logits, a.n)?;
-    println!();
+    outln!()?;
     eprintln!(
         "\nload: {:.0} ms | prompt: {} tokens in {:.0} ms, {:.2} tok/s | generation: {} tokens in {:.0} ms, {:.2} tok/s | {} threads, kernel {}",
         load_time.as_secs_f64() * 1e3,
@@ -549,7 +559,7 @@ fn chat_turn(
     let logits = sess.forward(tokens).map_err(|e| e.to_string())?.to_vec();
     let room = sess.ctx() - sess.pos();
     generate(sess, sampler, logits, n.min(room.saturating_sub(2)))?;
-    println!();
+    outln!()?;
     // Close the assistant's turn in the cache, as the model would have.
     let tok = &sess.model.tokenizer;
     let eos = tok.eos.and_then(|e| tok.token_text(e)).unwrap_or("");
@@ -584,7 +594,7 @@ fn tokenize(a: TokenizeArgs) -> CliResult {
     let text = read_text(a.prompt, a.file)?;
     let ids = tok.encode(&text, !a.no_bos && tok.add_bos, a.special);
     let body: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    println!("[{}]", body.join(","));
+    outln!("[{}]", body.join(","))?;
     Ok(())
 }
 
@@ -624,17 +634,21 @@ fn eval(a: EvalArgs) -> CliResult {
             .iter()
             .map(|&t| format!("[{t},{:.6}]", logits[t as usize]))
             .collect();
-        if let Err(e) = writeln!(
-            out,
-            "{{\"pos\":{i},\"token\":{},\"top\":[{}]}}",
-            tokens[i],
-            top.join(",")
-        ) {
-            werr = Some(e);
+        if werr.is_none() {
+            werr = writeln!(
+                out,
+                "{{\"pos\":{i},\"token\":{},\"top\":[{}]}}",
+                tokens[i],
+                top.join(",")
+            )
+            .err();
         }
     })
     .map_err(|e| e.to_string())?;
-    werr.map_or(Ok(()), |e| Err(CliError::Other(e.to_string())))
+    match werr {
+        Some(e) => Err(output::stdout_err(e)),
+        None => out.flush().map_err(output::stdout_err),
+    }
 }
 
 fn perplexity(a: PerplexityArgs) -> CliResult {
@@ -690,15 +704,14 @@ fn perplexity(a: PerplexityArgs) -> CliResult {
             }
         })
         .map_err(|e| e.to_string())?;
-        print!("[{}]{:.4},", c + 1, (nll / count as f64).exp());
-        let _ = std::io::stdout().flush();
+        out!("[{}]{:.4},", c + 1, (nll / count as f64).exp())?;
     }
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "Final estimate: PPL = {:.4} ({count} tokens scored, {:.1} s)",
         (nll / count as f64).exp(),
         t.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
@@ -787,12 +800,12 @@ fn gen_model(a: GenModelArgs) -> CliResult {
 
 fn info(path: &Path) -> CliResult {
     let g = Gguf::open(path).map_err(model_err)?;
-    println!(
+    outln!(
         "GGUF v{}, {} metadata keys, {} tensors",
         g.version,
         g.metadata().len(),
         g.tensors().len()
-    );
+    )?;
     for (k, v) in g.metadata() {
         let shown = match v {
             bitnet_stfma::gguf::Value::Array(a) => format!("[array of {}]", a.len()),
@@ -801,19 +814,19 @@ fn info(path: &Path) -> CliResult {
             }
             v => format!("{v:?}"),
         };
-        println!("  {k} = {shown}");
+        outln!("  {k} = {shown}")?;
     }
     for t in g.tensors() {
-        println!("  {:32} {:6} {:?}", t.name, t.ty.to_string(), t.dims);
+        outln!("  {:32} {:6} {:?}", t.name, t.ty.to_string(), t.dims)?;
     }
     match Model::load(path) {
         Ok(m) => {
-            println!(
+            outln!(
                 "family: {} (architecture {})",
                 m.config.family.describe(),
                 m.config.arch
-            );
-            println!(
+            )?;
+            outln!(
                 "tokenizer: {} ({} tokens)",
                 if m.tokenizer.is_sentencepiece() {
                     "SentencePiece".to_string()
@@ -824,8 +837,8 @@ fn info(path: &Path) -> CliResult {
                     )
                 },
                 m.tokenizer.vocab_size()
-            );
-            println!(
+            )?;
+            outln!(
                 "LM head: {} {}",
                 m.head_type(),
                 if m.head_is_tied() {
@@ -833,10 +846,10 @@ fn info(path: &Path) -> CliResult {
                 } else {
                     "(output.weight)"
                 }
-            );
-            println!("model: {:?}", m.config)
+            )?;
+            outln!("model: {:?}", m.config)?
         }
-        Err(e) => println!("not loadable by this runner: {e}"),
+        Err(e) => outln!("not loadable by this runner: {e}")?,
     }
     Ok(())
 }

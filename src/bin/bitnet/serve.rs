@@ -13,6 +13,7 @@ use bitnet_stfma::server::{self, ServeConfig};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::output::outln;
 use crate::{model_err, warn_threads, CliError, CliResult, HeadArgs};
 
 #[derive(Args)]
@@ -279,8 +280,8 @@ pub fn loadgen(a: LoadgenArgs) -> CliResult {
         .max_idle_connections_per_host(64)
         .build();
     let rss0 = server_rss(&a, &agent);
-    println!("| clients | requests | generated tok/s (all clients) | TTFT p50 ms | TTFT p99 ms | per-token p50 ms | per-token p99 ms |");
-    println!("|---|---|---|---|---|---|---|");
+    outln!("| clients | requests | generated tok/s (all clients) | TTFT p50 ms | TTFT p99 ms | per-token p50 ms | per-token p99 ms |")?;
+    outln!("|---|---|---|---|---|---|---|")?;
     for &k in &a.clients {
         let (samples, wall) = round(&a, &agent, k, deadline).map_err(CliError::Other)?;
         let tokens: usize = samples.iter().map(|s| s.tokens).sum();
@@ -289,7 +290,7 @@ pub fn loadgen(a: LoadgenArgs) -> CliResult {
             .iter()
             .flat_map(|s| s.gaps.iter().map(|g| g * 1e3))
             .collect();
-        println!(
+        outln!(
             "| {k} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
             samples.len(),
             tokens as f64 / wall,
@@ -297,7 +298,7 @@ pub fn loadgen(a: LoadgenArgs) -> CliResult {
             pct(&mut ttft, 0.99),
             pct(&mut gaps, 0.5),
             pct(&mut gaps, 0.99)
-        );
+        )?;
     }
     if a.probe {
         // Time to first token of a 32-token prompt on an idle server, then
@@ -340,13 +341,13 @@ pub fn loadgen(a: LoadgenArgs) -> CliResult {
         .map_err(CliError::Other)?;
         let mut busy = busy;
         let (i, b) = (pct(&mut idle, 0.5), pct(&mut busy, 0.5));
-        println!(
+        outln!(
             "time to first token, 32-token prompt (medians of 5): idle {i:.0} ms, with 7 others decoding {b:.0} ms ({:.2}x)",
             b / i
-        );
+        )?;
     }
     if let (Some(r0), Some(r1)) = (rss0, server_rss(&a, &agent)) {
-        println!("server RSS: {r0:.0} MB before, {r1:.0} MB after");
+        outln!("server RSS: {r0:.0} MB before, {r1:.0} MB after")?;
     }
     Ok(())
 }
