@@ -496,6 +496,9 @@ impl Q8Head {
         let dim = self.dim;
         assert!(xs.len() == n * dim && out.len() >= n * self.rows);
         xq.resize(n * dim, 0);
+        if n == 1 {
+            return self.matvec(xs, xq, out, pool);
+        }
         let sx: Vec<f32> = xs
             .chunks_exact(dim)
             .zip(xq.chunks_exact_mut(dim))

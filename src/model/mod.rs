@@ -5,7 +5,7 @@
 //! [`Session`] whose every buffer, f16 KV cache included, is allocated once.
 //!
 //! One file per concept: [`config`] (hyperparameters), [`weights`] (the
-//! [`Model`]), `kv_cache`, `attention`, `ops` (norms, RoPE) and
+//! [`Model`]), [`head`] (the LM head, chosen at load), `kv_cache`, `attention`, `ops` (norms, RoPE) and
 //! [`session`] (the forward pass as short steps).
 //!
 //! The arithmetic follows bitnet.cpp where it matters for matching logits:
@@ -15,6 +15,7 @@
 //! they weight V, and of the final hidden state before the LM head.
 
 pub mod config;
+pub mod head;
 pub mod session;
 pub mod weights;
 
@@ -25,5 +26,6 @@ mod ops;
 mod tests;
 
 pub use config::{Config, Family, ARCHITECTURES};
+pub use head::{HeadKind, LmHead};
 pub use session::{Segment, Session, Timings};
 pub use weights::{LoadOptions, Model};

@@ -6,13 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use half::f16;
-
 use super::attention::{self, Scratch};
+use super::head::HeadScratch;
 use super::kv_cache::KvCache;
 use super::ops::{rmsnorm, rmsnorm_inplace, rmsnorm_rows, scale};
 use super::Model;
-use crate::embedding::Activations;
 use crate::error::{Error, Result};
 use crate::matmul::{self, ActBatch};
 use crate::threadpool::ThreadPool;
@@ -68,16 +66,11 @@ pub struct Session<'m> {
     /// Gate and up projections, `ffn_dim` per token.
     hb: Vec<f32>,
     hb2: Vec<f32>,
+    /// The final hidden states of the rows whose logits are wanted, and
+    /// their logits, `vocab` per row (one row, grown for more).
     hidden: Vec<f32>,
-    hidden_q: Vec<i8>,
-    /// The hidden state converted for the LM head's type.
-    head_acts: Activations,
     logits: Vec<f32>,
-    /// Batched steps: the final hidden states, their logits and the head's
-    /// scratch (grown on first use).
-    hidden_batch: Vec<f32>,
-    logits_batch: Vec<f32>,
-    head_scratch: Vec<f32>,
+    head_scratch: HeadScratch,
     acts_dim: ActBatch,
     acts_ffn: ActBatch,
     /// Attention tasks wanted per thread (tests lower it to get whole groups).
@@ -138,12 +131,8 @@ impl<'m> Session<'m> {
             hb: zeros(b * c.ffn_dim),
             hb2: zeros(b * c.ffn_dim),
             hidden: zeros(c.dim),
-            hidden_q: vec![0; c.dim],
-            head_acts: Activations::new(c.dim),
-            hidden_batch: Vec::new(),
-            logits_batch: Vec::new(),
-            head_scratch: Vec::new(),
             logits: zeros(c.vocab_size),
+            head_scratch: HeadScratch::new(c.dim),
             acts_dim: ActBatch::padded(c.dim, c.dim.next_multiple_of(128), b),
             // (the down projection's rows may be padded to a multiple of 128)
             acts_ffn: ActBatch::padded(c.ffn_dim, c.ffn_dim.next_multiple_of(128), b),
@@ -214,7 +203,7 @@ impl<'m> Session<'m> {
     /// the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<&[f32]> {
         self.feed(tokens, false, &mut |_, _| {})?;
-        Ok(&self.logits)
+        Ok(&self.logits[..self.model.config.vocab_size])
     }
 
     /// Feeds `tokens`, calling `each(i, logits)` after every token `i`
@@ -240,10 +229,11 @@ impl<'m> Session<'m> {
         let mut done = 0;
         for chunk in tokens.chunks(self.max_batch) {
             self.batch(&[(0, chunk.len())], chunk);
+            let vocab = self.model.config.vocab_size;
             for t in 0..chunk.len() {
                 if all || done + t == tokens.len() - 1 {
-                    self.logits_for(t);
-                    each(done + t, &self.logits);
+                    self.final_logits(&[t]);
+                    each(done + t, &self.logits[..vocab]);
                 }
             }
             done += chunk.len();
@@ -315,51 +305,17 @@ impl<'m> Session<'m> {
         self.batch(&layout, &tokens);
         // The LM head once for every segment's last row: each head row is
         // read once for all of them (the results are those of a lone row).
-        let s = self.clock();
-        let m = self.model;
-        let (dim, vocab, n) = (m.config.dim, m.config.vocab_size, segments.len());
-        self.hidden_batch.resize(n * dim, 0.0);
-        self.logits_batch.resize(n * vocab, 0.0);
-        let mut row = 0;
-        for (i, seg) in segments.iter().enumerate() {
-            row += seg.tokens.len();
-            rmsnorm(
-                &mut self.hidden_batch[i * dim..(i + 1) * dim],
-                &self.x[(row - 1) * dim..row * dim],
-                &m.output_norm,
-                m.config.eps,
-            );
-        }
-        match &m.q8_head {
-            Some(h) => {
-                // (rounded to f16 first, as the single-row path does)
-                for v in self.hidden_batch.iter_mut() {
-                    *v = f16::from_f32(*v).to_f32();
-                }
-                let mut xq = std::mem::take(&mut self.hidden_q);
-                h.matmul(
-                    &self.hidden_batch,
-                    n,
-                    &mut xq,
-                    &mut self.head_scratch,
-                    &mut self.logits_batch,
-                    &self.pool,
-                );
-                xq.truncate(dim);
-                self.hidden_q = xq;
-            }
-            None => m.head_matrix().matmul(
-                &self.hidden_batch,
-                n,
-                &mut self.head_acts,
-                &mut self.head_scratch,
-                &mut self.logits_batch,
-                &self.pool,
-            ),
-        }
-        self.timings.head += Self::since(s);
-        for i in 0..n {
-            each(i, &self.logits_batch[i * vocab..(i + 1) * vocab]);
+        let last_rows: Vec<usize> = segments
+            .iter()
+            .scan(0, |row, seg| {
+                *row += seg.tokens.len();
+                Some(*row - 1)
+            })
+            .collect();
+        self.final_logits(&last_rows);
+        let vocab = self.model.config.vocab_size;
+        for i in 0..segments.len() {
+            each(i, &self.logits[i * vocab..(i + 1) * vocab]);
         }
         Ok(())
     }
@@ -527,38 +483,32 @@ impl<'m> Session<'m> {
         }
     }
 
-    /// Logits for token `t` of the last batch into `self.logits`: the final
-    /// rmsnorm, then the LM head (which converts the hidden state as ggml
-    /// does for its type: f16 rounding for an F16 head).
-    fn logits_for(&mut self, t: usize) {
+    /// The final rmsnorm and the LM head for rows `rows` of the last batch:
+    /// row `rows[i]`'s logits into `self.logits[i * vocab..]`. One call of
+    /// the head for all of them (it converts the hidden states as ggml does
+    /// for its type: f16 rounding for an F16 head).
+    fn final_logits(&mut self, rows: &[usize]) {
         let s = self.clock();
         let m = self.model;
-        let dim = m.config.dim;
-        rmsnorm(
-            &mut self.hidden,
-            &self.x[t * dim..(t + 1) * dim],
-            &m.output_norm,
-            m.config.eps,
-        );
-        match &m.q8_head {
-            Some(h) => {
-                for h in self.hidden.iter_mut() {
-                    *h = f16::from_f32(*h).to_f32();
-                }
-                h.matvec(
-                    &self.hidden,
-                    &mut self.hidden_q,
-                    &mut self.logits,
-                    &self.pool,
-                )
-            }
-            None => m.head_matrix().matvec(
-                &self.hidden,
-                &mut self.head_acts,
-                &mut self.logits,
-                &self.pool,
-            ),
+        let (dim, vocab, n) = (m.config.dim, m.config.vocab_size, rows.len());
+        self.hidden.resize(n * dim, 0.0);
+        self.logits.resize(n * vocab, 0.0);
+        for (h, &r) in self.hidden.chunks_exact_mut(dim).zip(rows) {
+            rmsnorm(
+                h,
+                &self.x[r * dim..(r + 1) * dim],
+                &m.output_norm,
+                m.config.eps,
+            );
         }
+        m.head.logits(
+            &m.gguf,
+            &mut self.hidden[..n * dim],
+            n,
+            &mut self.head_scratch,
+            &mut self.logits[..n * vocab],
+            &self.pool,
+        );
         self.timings.head += Self::since(s);
     }
 }

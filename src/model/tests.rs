@@ -192,7 +192,7 @@ fn q6k_head_is_llama_quantizes() {
     };
     let model = Model::load_with(dir.join("bitnet-tiny.gguf"), opts).unwrap();
     assert!(model.has_q6k_head() && model.head_is_tied());
-    let q = model.head_matrix().data;
+    let q = model.head().matrix(&model.gguf).data;
     let fnv = q.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
@@ -474,7 +474,7 @@ fn bitnet_scale_tensors_multiply_the_matmul_outputs() {
         .dequantize_row(*tokens.last().unwrap() as usize, &mut e);
     super::ops::rmsnorm(&mut h, &e, &zeroed.output_norm, c.eps);
     let mut want = vec![0f32; c.vocab_size];
-    zeroed.head_matrix().matvec(
+    zeroed.head().matrix(&zeroed.gguf).matvec(
         &h,
         &mut crate::embedding::Activations::new(c.dim),
         &mut want,

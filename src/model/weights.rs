@@ -1,6 +1,6 @@
 //! The model's weights: ternary matrices repacked once into the kernels'
-//! layout (the only copy kept), norms as f32, the embedding and the LM head
-//! borrowed from the file's map (or an 8-bit copy of the head).
+//! layout (the only copy kept), norms as f32, the embedding borrowed from
+//! the file's map and the [`LmHead`] chosen at load.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,12 +9,12 @@ use std::sync::Arc;
 use half::f16;
 
 use super::config::{Config, Family};
+use super::head::{HeadKind, LmHead};
 use super::ops::Rope;
 use crate::cache::PackedMatrix;
-use crate::embedding::{quantize_q6k_matrix, Matrix, Q8Head};
+use crate::embedding::Matrix;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::threadpool::ThreadPool;
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Layer {
@@ -53,7 +53,7 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub(super) gguf: Arc<Gguf>,
     pub(super) embed: TensorInfo,
-    pub(super) head: TensorInfo,
+    pub(super) head: LmHead,
     pub(super) output_norm: Vec<f32>,
     /// RoPE of the family, with the per-pair divisors of a
     /// `rope_freqs.weight` (Llama 3.1 style files) if present.
@@ -61,11 +61,6 @@ pub struct Model {
     pub(super) layers: Vec<Layer>,
     /// `tokenizer.chat_template`, if the file has one.
     pub chat_template: Option<String>,
-    /// The opt-in 8-bit copy of the LM head (see [`LoadOptions`]).
-    pub(super) q8_head: Option<Q8Head>,
-    /// The opt-in Q6_K copy of the LM head (see [`LoadOptions`]); when the
-    /// head is the token embedding it serves the embedding lookups too.
-    pub(super) q6k_head: Option<Vec<u8>>,
 }
 
 /// How to load a model.
@@ -149,18 +144,14 @@ impl Model {
             return Err(Error::invalid("choose one of the 8-bit and the Q6_K head"));
         }
         let g = Gguf::open(path)?;
-        let mut m = Self::from_gguf(Arc::new(g))?;
-        if opts.q8_head {
-            m.q8_head = Some(Q8Head::from_matrix(&m.head_matrix(), &ThreadPool::new(0))?);
-        }
-        if opts.q6k_head && m.head.ty != GgmlType::Q6K {
-            let q = quantize_q6k_matrix(&m.head_matrix(), &ThreadPool::new(0))?;
-            m.q6k_head = Some(q);
-        }
-        Ok(m)
+        Self::from_gguf_with(Arc::new(g), opts)
     }
 
     pub fn from_gguf(g: Arc<Gguf>) -> Result<Model> {
+        Self::from_gguf_with(g, LoadOptions::default())
+    }
+
+    pub fn from_gguf_with(g: Arc<Gguf>, opts: LoadOptions) -> Result<Model> {
         let config = Config::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != config.vocab_size {
@@ -269,6 +260,8 @@ impl Model {
         }
         let rope = Rope::new(c, rope_freqs.as_deref());
         let chat_template = g.get_str("tokenizer.chat_template").map(str::to_string);
+        let tied = head.name == embed.name;
+        let head = LmHead::load(&g, head, tied, c.vocab_size, c.dim, opts)?;
         Ok(Model {
             config,
             tokenizer,
@@ -279,14 +272,14 @@ impl Model {
             rope,
             layers,
             chat_template,
-            q8_head: None,
-            q6k_head: None,
         })
     }
 
+    /// The token embedding table (a tied head's matrix, so the Q6_K copy of
+    /// a tied head serves the lookups too).
     pub(super) fn embed_matrix(&self) -> Matrix<'_> {
         if self.head_is_tied() {
-            return self.head_matrix();
+            return self.head.matrix(&self.gguf);
         }
         Matrix {
             ty: self.embed.ty,
@@ -296,22 +289,14 @@ impl Model {
         }
     }
 
-    pub(super) fn head_matrix(&self) -> Matrix<'_> {
-        let (ty, data) = match &self.q6k_head {
-            Some(q) => (GgmlType::Q6K, &q[..]),
-            None => (self.head.ty, self.gguf.tensor_data(&self.head)),
-        };
-        Matrix {
-            ty,
-            rows: self.config.vocab_size,
-            dim: self.config.dim,
-            data,
-        }
+    /// The LM head.
+    pub fn head(&self) -> &LmHead {
+        &self.head
     }
 
     /// Whether the LM head is the token embedding.
     pub fn head_is_tied(&self) -> bool {
-        self.head.name == self.embed.name
+        self.head.is_tied()
     }
 
     /// A string metadata value of the model's file.
@@ -321,26 +306,23 @@ impl Model {
 
     /// The type of the LM head matrix in the file.
     pub fn head_type(&self) -> GgmlType {
-        self.head.ty
+        self.head.file_type()
     }
 
     /// Bytes the LM head reads per decoded token (the 8-bit or Q6_K copy if
     /// loaded).
     pub fn head_bytes(&self) -> usize {
-        match &self.q8_head {
-            Some(h) => h.bytes(),
-            None => self.head_matrix().data.len(),
-        }
+        self.head.bytes(&self.gguf)
     }
 
     /// Whether the Q6_K copy of the LM head made at load is in use.
     pub fn has_q6k_head(&self) -> bool {
-        self.q6k_head.is_some()
+        matches!(self.head.kind(), HeadKind::Q6K(_))
     }
 
     /// Whether the 8-bit LM head is in use.
     pub fn has_q8_head(&self) -> bool {
-        self.q8_head.is_some()
+        matches!(self.head.kind(), HeadKind::Q8(_))
     }
 
     /// Bytes of ternary weights held (repacked).
