@@ -9,9 +9,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::kernels::scalar::{nearest_int, signed_absmax};
-use crate::kernels::{
-    dot_f16, dot_f16_pair, dot_i8, dot_q6k_q8k, dot_q8_0, q6k_values, Q6K_BLOCK, Q8_0_BLOCK,
-};
+use crate::kernels::{self, q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -144,6 +142,8 @@ impl<'a> Matrix<'a> {
         let (dim, blocks) = (self.dim, acts.blocks);
         let x = |j: usize| &acts.float[j * dim..(j + 1) * dim];
         let rows = o.len() / n;
+        // The kernels chosen once for all rows of this task (not per row).
+        let fk = kernels::float();
         if self.ty == GgmlType::F16 {
             if let Some(cols) = acts.cols_kernel {
                 // Up to GROUP vectors per call (their floats stay in L1),
@@ -186,11 +186,11 @@ impl<'a> Matrix<'a> {
                 GgmlType::F16 => {
                     let mut j = 0;
                     while j + 2 <= n {
-                        (o[j], o[j + 1]) = dot_f16_pair(row, x(j), x(j + 1));
+                        (o[j], o[j + 1]) = (fk.dot_f16_pair)(row, x(j), x(j + 1));
                         j += 2;
                     }
                     if j < n {
-                        o[j] = dot_f16(row, x(j));
+                        o[j] = (fk.dot_f16)(row, x(j));
                     }
                 }
                 ty => {
@@ -200,8 +200,8 @@ impl<'a> Matrix<'a> {
                             &acts.d[j * blocks..(j + 1) * blocks],
                         );
                         *o = match ty {
-                            GgmlType::Q8_0 => dot_q8_0(row, q, d),
-                            GgmlType::Q6K => dot_q6k_q8k(row, q, d),
+                            GgmlType::Q8_0 => (fk.dot_q8_0)(row, q, d),
+                            GgmlType::Q6K => (fk.dot_q6k_q8k)(row, q, d),
                             _ => row
                                 .chunks_exact(4)
                                 .zip(x(j))
@@ -473,6 +473,7 @@ impl Q8Head {
         let xq: &[i8] = xq;
         const CHUNK: usize = 512;
         pool.run_chunks(&mut out[..self.rows], CHUNK, &|t, o| {
+            let dot_i8 = kernels::float().dot_i8;
             let r0 = t * CHUNK;
             for (r, o) in (r0..r0 + o.len()).zip(o.iter_mut()) {
                 let d = dot_i8(&self.q[r * self.dim..(r + 1) * self.dim], xq);
@@ -508,6 +509,7 @@ impl Q8Head {
         scratch.resize(self.rows * n, 0.0);
         const CHUNK: usize = 512;
         pool.run_chunks(&mut scratch[..], CHUNK * n, &|t, o| {
+            let dot_i8 = kernels::float().dot_i8;
             for (i, o) in o.chunks_exact_mut(n).enumerate() {
                 let r = t * CHUNK + i;
                 let row = &self.q[r * dim..(r + 1) * dim];
@@ -552,7 +554,7 @@ mod tests {
                 .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
                 .collect();
             let want: i32 = a.iter().zip(&b).map(|(&x, &y)| x as i32 * y as i32).sum();
-            assert_eq!(dot_i8(&a, &b), want, "n={n}");
+            assert_eq!(kernels::dot_i8(&a, &b), want, "n={n}");
         }
         let (rows, dim) = (70, 256);
         let data: Vec<u8> = (0..rows * dim)
