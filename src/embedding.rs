@@ -8,8 +8,11 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::kernels::scalar::{nearest_int, signed_absmax};
-use crate::kernels::{self, q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
+use crate::kernels;
+use crate::quant::q6k::BlockQ6K;
+use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8k::QK_K;
+use crate::quant::{q8_0, q8k, Block};
 use crate::threadpool::ThreadPool;
 
 /// A borrowed row-major matrix of `rows` rows of `dim` values.
@@ -20,9 +23,6 @@ pub struct Matrix<'a> {
     pub dim: usize,
     pub data: &'a [u8],
 }
-
-const Q6K_BYTES: usize = Q6K_BLOCK;
-const Q8_0_BYTES: usize = Q8_0_BLOCK;
 
 impl<'a> Matrix<'a> {
     pub fn new(ty: GgmlType, rows: usize, dim: usize, data: &'a [u8]) -> Result<Self> {
@@ -46,8 +46,12 @@ impl<'a> Matrix<'a> {
         Ok(match ty {
             GgmlType::F32 => dim * 4,
             GgmlType::F16 => dim * 2,
-            GgmlType::Q8_0 if dim.is_multiple_of(32) => dim / 32 * Q8_0_BYTES,
-            GgmlType::Q6K if dim.is_multiple_of(256) => dim / 256 * Q6K_BYTES,
+            GgmlType::Q8_0 if dim.is_multiple_of(BlockQ8_0::VALUES) => {
+                dim / BlockQ8_0::VALUES * BlockQ8_0::BYTES
+            }
+            GgmlType::Q6K if dim.is_multiple_of(BlockQ6K::VALUES) => {
+                dim / BlockQ6K::VALUES * BlockQ6K::BYTES
+            }
             _ => {
                 return Err(Error::unsupported(format!(
                     "embedding/output type {ty} with row length {dim} is not supported (F32, F16, Q8_0, Q6_K are)"
@@ -80,19 +84,8 @@ impl<'a> Matrix<'a> {
                     *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                 }
             }
-            GgmlType::Q8_0 => {
-                for (blk, o) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(32)) {
-                    let d = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-                    for (v, &q) in o.iter_mut().zip(&blk[2..]) {
-                        *v = d * (q as i8) as f32;
-                    }
-                }
-            }
-            GgmlType::Q6K => {
-                for (blk, o) in row.chunks_exact(Q6K_BYTES).zip(out.chunks_exact_mut(256)) {
-                    dequantize_q6k_block(blk, o);
-                }
-            }
+            GgmlType::Q8_0 => BlockQ8_0::dequantize_row(BlockQ8_0::slice(row).unwrap(), out),
+            GgmlType::Q6K => BlockQ6K::dequantize_row(BlockQ6K::slice(row).unwrap(), out),
             _ => unreachable!("checked in new"),
         }
     }
@@ -285,9 +278,9 @@ impl Activations {
                     );
                     let d = &mut self.d[j * self.blocks..(j + 1) * self.blocks];
                     if ty == GgmlType::Q8_0 {
-                        quantize_q8_0(x, q, d);
+                        q8_0::quantize(x, q, d);
                     } else {
-                        quantize_q8k(x, q, d);
+                        q8k::quantize(x, q, d);
                     }
                 }
             }
@@ -296,83 +289,17 @@ impl Activations {
     }
 }
 
-/// `x` as Q8_0 blocks the way ggml's x86 `quantize_row_q8_0` makes them:
-/// per 32 values `d = max|x| / 127` (kept as f16, which the dot uses),
-/// `q = round_half_even(x · 127/max|x|)`, into `q` and `d`.
-pub fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((b, qb), d) in x.chunks(32).zip(q.chunks_mut(32)).zip(d) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        for (o, &v) in qb.iter_mut().zip(b) {
-            *o = nearest_int(v * id) as i8;
-        }
-        *d = f16::from_f32(amax / 127.0).to_f32();
-    }
-}
-
-/// `x` as Q8_K blocks as ggml's `quantize_row_q8_K_ref`: per 256 values
-/// `iscale = -127 / x_m` with `x_m` the value of largest magnitude,
-/// `q = min(127, round_half_even(iscale · x))`, `d = 1 / iscale` (f32),
-/// into `q` and `d`.
-pub fn quantize_q8k(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((b, qb), d) in x.chunks(256).zip(q.chunks_mut(256)).zip(d) {
-        let (amax, max) = signed_absmax(b);
-        if amax == 0.0 {
-            qb.fill(0);
-            *d = 0.0;
-            continue;
-        }
-        let iscale = -127.0 / max;
-        for (o, &v) in qb.iter_mut().zip(b) {
-            *o = nearest_int(iscale * v).min(127) as i8;
-        }
-        *d = 1.0 / iscale;
-    }
-}
-
 /// One Q6_K block of 256 values, as ggml's `quantize_row_q6_K_ref` writes
 /// it (what `llama-quantize --token-embedding-type q6_k` and bitnet.cpp's
-/// `--quant-embd` produce from an F16 matrix).
+/// `--quant-embd` produce from an F16 matrix): the group search by the
+/// active kernel, the block by [`BlockQ6K::from_groups`].
 pub fn quantize_q6k_block(x: &[f32], out: &mut [u8]) {
-    assert!(x.len() == 256 && out.len() == Q6K_BYTES);
+    let x: &[f32; QK_K] = x.try_into().expect("256 values");
     let mut levels = [[0u8; 16]; 16];
     let mut scales = [0f32; 16];
-    crate::kernels::q6k_group_scales(x.try_into().unwrap(), &mut scales, &mut levels);
-    let (max_abs_scale, max_scale) = signed_absmax(&scales);
-    out.fill(0);
-    if max_abs_scale < 1e-15 {
-        return;
-    }
-    let iscale = -128.0 / max_scale;
-    let d = f16::from_f32(1.0 / iscale);
-    out[208..].copy_from_slice(&d.to_bits().to_le_bytes());
-    for (j, (g, l)) in x.chunks_exact(16).zip(&mut levels).enumerate() {
-        let sc = nearest_int(iscale * scales[j]).min(127) as i8;
-        out[192 + j] = sc as u8;
-        let dg = d.to_f32() * sc as f32;
-        if dg == 0.0 {
-            continue;
-        }
-        for (o, &v) in l.iter_mut().zip(g) {
-            *o = (nearest_int(v / dg).clamp(-32, 31) + 32) as u8;
-        }
-    }
-    let level = |p: usize| levels[p / 16][p % 16];
-    let (ql, qh) = out[..192].split_at_mut(128);
-    for half in 0..2 {
-        let (ql, qh, j) = (&mut ql[64 * half..], &mut qh[32 * half..], 128 * half);
-        for l in 0..32 {
-            let q = [
-                level(j + l),
-                level(j + l + 32),
-                level(j + l + 64),
-                level(j + l + 96),
-            ];
-            ql[l] = (q[0] & 0xF) | (q[2] << 4);
-            ql[l + 32] = (q[1] & 0xF) | (q[3] << 4);
-            qh[l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
-        }
-    }
+    kernels::q6k_group_scales(x, &mut scales, &mut levels);
+    BlockQ6K::slice_mut(out).expect("one Q6_K block")[0] =
+        BlockQ6K::from_groups(x, &scales, &mut levels);
 }
 
 /// A zeroed buffer for a head copy of `rows` rows of `row_len` elements;
@@ -401,7 +328,7 @@ pub fn quantize_q6k_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Vec<u8>> {
             m.dim
         )));
     }
-    let rb = m.dim / 256 * Q6K_BYTES;
+    let rb = m.dim / QK_K * BlockQ6K::BYTES;
     let mut out = head_buffer::<u8>(m.rows, rb, "Q6_K")?;
     let n = out.len();
     const CHUNK: usize = 256;
@@ -410,20 +337,16 @@ pub fn quantize_q6k_matrix(m: &Matrix, pool: &ThreadPool) -> Result<Vec<u8>> {
             let mut row = vec![0f32; m.dim];
             for (i, o) in o.chunks_exact_mut(rb).enumerate() {
                 m.dequantize_row(t * CHUNK + i, &mut row);
-                for (x, b) in row.chunks_exact(256).zip(o.chunks_exact_mut(Q6K_BYTES)) {
+                for (x, b) in row
+                    .chunks_exact(QK_K)
+                    .zip(o.chunks_exact_mut(BlockQ6K::BYTES))
+                {
                     quantize_q6k_block(x, b);
                 }
             }
         });
     }
     Ok(out)
-}
-
-fn dequantize_q6k_block(b: &[u8], y: &mut [f32]) {
-    let d = f16::from_bits(u16::from_le_bytes([b[208], b[209]])).to_f32();
-    for (p, (y, &q)) in y.iter_mut().zip(q6k_values(b).iter()).enumerate() {
-        *y = d * (b[192 + p / 16] as i8) as f32 * q as f32;
-    }
 }
 
 /// An 8-bit copy of the LM head: each row quantized to int8 with its own
@@ -598,7 +521,7 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.6)
             .collect();
         let (mut q, mut d) = (vec![0i8; 512], vec![0f32; 16]);
-        quantize_q8_0(&x, &mut q, &mut d);
+        q8_0::quantize(&x, &mut q, &mut d);
         for (b, xs) in x.chunks(32).enumerate() {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             assert_eq!(d[b], f16::from_f32(amax / 127.0).to_f32());
@@ -611,10 +534,10 @@ mod tests {
         tie[0] = 127.0;
         tie[1] = 2.5;
         let (mut tq, mut td) = (vec![0i8; 32], vec![0f32; 1]);
-        quantize_q8_0(&tie, &mut tq, &mut td);
+        q8_0::quantize(&tie, &mut tq, &mut td);
         assert_eq!(tq[1], 2);
         let (mut q8, mut d8) = (vec![0i8; 512], vec![0f32; 2]);
-        quantize_q8k(&x, &mut q8, &mut d8);
+        q8k::quantize(&x, &mut q8, &mut d8);
         assert!(q8.iter().all(|&v| v >= -127));
         // Random Q6_K blocks.
         let (rows, dim) = (3usize, 512usize);

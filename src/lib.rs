@@ -1,6 +1,7 @@
 //! bitnet-stfma: exact, fast BitNet b1.58 ternary kernels for CPUs.
 //!
 //! - [`i2s`]: the I2_S weight and I8_S activation formats.
+//! - [`quant`]: the other block formats (Q8_0, Q8_K, Q6_K), typed.
 //! - [`kernels`]: the dot kernels per instruction set behind one dispatcher.
 //! - [`cache`]: the load-time repacked weight layout and the handle registry.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
@@ -22,6 +23,7 @@ pub mod kernels;
 pub mod matmul;
 #[cfg(feature = "runner")]
 pub mod model;
+pub mod quant;
 #[cfg(feature = "runner")]
 pub mod sampler;
 #[cfg(feature = "runner")]

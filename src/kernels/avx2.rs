@@ -12,6 +12,8 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
+use crate::quant::q6k::BlockQ6K;
+
 /// Blocks between flushes of an int16 accumulator fed 2 products per block.
 const FLUSH2: usize = 16;
 /// Blocks between flushes of an int16 accumulator fed 4 products per block.
@@ -430,24 +432,23 @@ pub unsafe fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
 /// AVX2 and FMA are present.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    use super::scalar::Q8_0_BLOCK;
-    let n = (row.len() / Q8_0_BLOCK).min(xq.len() / 32).min(xd.len());
+    use crate::quant::{q8_0::BlockQ8_0, Block};
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
-    for b in 0..n {
-        let blk = &row[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
-        let dw = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-        // SAFETY: the block holds 2 + 32 bytes and xq 32 from b*32.
+    let blocks = BlockQ8_0::blocks(row).zip(xq.chunks_exact(32)).zip(xd);
+    for (b, ((blk, _), &xd)) in blocks.enumerate() {
+        let dw = blk.d.get();
+        // SAFETY: the block holds 32 values and xq 32 from b*32.
         let (w, x) = unsafe {
             (
-                _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i),
+                _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i),
                 _mm256_loadu_si256(xq.as_ptr().add(b * 32) as *const __m256i),
             )
         };
         // |w| * sign(x, w): exact in int16 pairs (|w| <= 128, |x| <= 127).
         let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
         let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[b]), q, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd), q, acc);
     }
     hsum_f32_ggml(acc)
 }
@@ -467,25 +468,25 @@ pub(super) fn hsum_f32_ggml(acc: __m256) -> f32 {
 /// `Σ sc·(q6 - 32)·q8` over bytes `4k..4k+4` of each 32-value chunk.
 ///
 /// # Safety
-/// AVX2 is present; `b` is a 210-byte Q6_K block and `x` holds 256 values.
+/// AVX2 is present; `x` holds 256 values.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn q6k_block_lanes(b: &[u8], x: &[i8]) -> __m256i {
-    debug_assert!(b.len() >= super::scalar::Q6K_BLOCK && x.len() >= 256);
+pub(super) unsafe fn q6k_block_lanes(b: &BlockQ6K, x: &[i8]) -> __m256i {
+    debug_assert!(x.len() >= 256);
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
-    // SAFETY: scales are bytes 192..208 of the block.
-    let scales = unsafe { _mm_loadu_si128(b.as_ptr().add(192) as *const __m128i) };
+    // SAFETY: the 16 scales.
+    let scales = unsafe { _mm_loadu_si128(b.scales.as_ptr() as *const __m128i) };
     let mut sumi = _mm256_setzero_si256();
     for half in 0..2 {
-        // SAFETY: ql is bytes 0..128, qh 128..192; x has 256 values.
+        // SAFETY: ql holds 128 bytes, qh 64; x has 256 values.
         let (ql0, ql1, qh, x) = unsafe {
-            let ql = b.as_ptr().add(64 * half);
+            let ql = b.ql.as_ptr().add(64 * half);
             (
                 _mm256_loadu_si256(ql as *const __m256i),
                 _mm256_loadu_si256(ql.add(32) as *const __m256i),
-                _mm256_loadu_si256(b.as_ptr().add(128 + 32 * half) as *const __m256i),
+                _mm256_loadu_si256(b.qh.as_ptr().add(32 * half) as *const __m256i),
                 x.as_ptr().add(128 * half),
             )
         };

@@ -620,7 +620,7 @@ unsafe fn dot_f16_cols2_n<const C: usize>(rows: &[u8], xs: &[f32], dim: usize, o
 /// The CPU supports AVX-512 F/BW and AVX2/FMA.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    use super::scalar::Q6K_BLOCK;
+    use crate::quant::{q6k::BlockQ6K, Block};
     let m0f = _mm512_set1_epi8(0xF);
     let m30 = _mm512_set1_epi8(0x30);
     let m32 = _mm512_set1_epi8(32);
@@ -637,22 +637,22 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         // The same block four rows on: a head streams through hundreds of
         // megabytes, and the prefetchers stop at page boundaries (Zen 5:
         // head time per token about 15% lower at 1 thread).
-        let ahead = b.as_ptr().wrapping_add(4 * row.len());
-        for l in (0..Q6K_BLOCK).step_by(64) {
+        let ahead = (b as *const BlockQ6K as *const u8).wrapping_add(4 * row.len());
+        for l in (0..BlockQ6K::BYTES).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
         }
-        // SAFETY: scales are bytes 192..208 of the block.
+        // SAFETY: the 16 scales.
         let sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(unsafe {
-            _mm_loadu_si128(b.as_ptr().add(192) as *const __m128i)
+            _mm_loadu_si128(b.scales.as_ptr() as *const __m128i)
         }));
         let mut sumi = _mm512_setzero_si512();
         for half in 0..2 {
-            // SAFETY: ql is bytes 0..128, qh 128..192; x has 256 values.
+            // SAFETY: ql holds 128 bytes, qh 64; x has 256 values.
             let (ql, qh, x) = unsafe {
                 (
-                    _mm512_loadu_si512(b.as_ptr().add(64 * half) as *const _),
+                    _mm512_loadu_si512(b.ql.as_ptr().add(64 * half) as *const _),
                     _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        b.as_ptr().add(128 + 32 * half) as *const __m256i
+                        b.qh.as_ptr().add(32 * half) as *const __m256i
                     )),
                     x.as_ptr().add(128 * half),
                 )

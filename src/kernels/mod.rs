@@ -610,8 +610,6 @@ pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     (float().dot_q6k_q8k)(row, xq, xd)
 }
 
-pub use scalar::{q6k_values, Q6K_BLOCK, Q8_0_BLOCK};
-
 /// Most query heads that one attention kernel call serves.
 pub const MAX_GROUP: usize = 8;
 
@@ -1000,7 +998,8 @@ pub(crate) mod tests {
     /// `hsum_float_8`).
     #[test]
     fn q6k_dot_matches_definition_and_ggml_order() {
-        use scalar::Q6K_BLOCK;
+        use crate::quant::{q6k::BlockQ6K, Block};
+        const Q6K_BLOCK: usize = BlockQ6K::BYTES;
         let mut rng = Rng::new(66);
         for blocks in [1usize, 2, 10] {
             for extreme in [false, true] {
@@ -1023,7 +1022,7 @@ pub(crate) mod tests {
                 let (mut want, mut mag) = (0f64, 0f64);
                 let mut acc = [0f32; 8];
                 for (b, blk) in row.chunks_exact(Q6K_BLOCK).enumerate() {
-                    let q = q6k_values(blk);
+                    let q = BlockQ6K::first(blk).values();
                     let dw = half::f16::from_le_bytes([blk[208], blk[209]]).to_f32();
                     let mut lanes = [0i64; 8];
                     for p in 0..256 {

@@ -475,14 +475,14 @@ pub fn scale_round_f16(v: &mut [f32], inv: f32) {
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
     for (b, x, d) in super::scalar::q6k_blocks(row, xq, xd) {
-        // SAFETY: NEON baseline; the block is 210 bytes (ql 0..128, qh
-        // 128..192) and x holds 256 values.
+        // SAFETY: NEON baseline; ql holds 128 bytes, qh 64, and x 256
+        // values.
         let isum = unsafe {
             let (m4, m3, m32) = (vdupq_n_u8(0xF), vdupq_n_u8(3), vdupq_n_s8(32));
             let mut acc = vdupq_n_s32(0);
             for half in 0..2 {
-                let ql = b.as_ptr().add(64 * half);
-                let qh = b.as_ptr().add(128 + 32 * half);
+                let ql = b.ql.as_ptr().add(64 * half);
+                let qh = b.qh.as_ptr().add(32 * half);
                 let l: [uint8x16_t; 4] = core::array::from_fn(|i| vld1q_u8(ql.add(16 * i)));
                 let h = [vld1q_u8(qh), vld1q_u8(qh.add(16))];
                 for g in 0..8 {
@@ -508,7 +508,7 @@ pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
                         vmull_s8(vget_low_s8(q), vget_low_s8(y)),
                         vmull_high_s8(q, y),
                     );
-                    let sc = b[192 + 8 * half + g] as i8 as i32;
+                    let sc = b.scales[8 * half + g] as i32;
                     acc = vmlaq_n_s32(acc, vpaddlq_s16(p), sc);
                 }
             }

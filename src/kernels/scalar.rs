@@ -5,6 +5,10 @@
 use half::f16;
 
 use crate::i2s::{BLOCK_BYTES, QK_I2_S};
+use crate::quant::q6k::BlockQ6K;
+use crate::quant::q8_0::BlockQ8_0;
+use crate::quant::q8k::QK_K;
+use crate::quant::{nearest_int, signed_absmax, Block};
 
 /// Exact `Σ code·q` over one block of 32 packed bytes and 128 activations.
 #[inline]
@@ -107,46 +111,20 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
 
-/// Bytes of a Q8_0 block: an f16 scale, then 32 int8 values.
-pub const Q8_0_BLOCK: usize = 34;
-/// Bytes of a Q6_K block (256 weights).
-pub const Q6K_BLOCK: usize = 210;
-
 /// A Q8_0 row (ggml blocks) against Q8_0 activations `xq` with block scales
 /// `xd`: `Σ_b d_w·xd_b · Σ q_w·q_x`, as ggml's `vec_dot_q8_0_q8_0`.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
-    for ((blk, q), &d) in row
-        .chunks_exact(Q8_0_BLOCK)
-        .zip(xq.chunks_exact(32))
-        .zip(xd)
-    {
-        let s: i32 = blk[2..]
+    for ((blk, q), &d) in BlockQ8_0::blocks(row).zip(xq.chunks_exact(32)).zip(xd) {
+        let s: i32 = blk
+            .qs
             .iter()
             .zip(q)
-            .map(|(&w, &x)| w as i8 as i32 * x as i32)
+            .map(|(&w, &x)| w as i32 * x as i32)
             .sum();
-        acc += f16_at(blk, 0) * d * s as f32;
+        acc += blk.d.get() * d * s as f32;
     }
     acc
-}
-
-/// The 256 six-bit values of a Q6_K block, minus 32 (so -32..=31), in
-/// order; value `p` takes the block's scale `p / 16` (byte `192 + p / 16`)
-/// and the f16 super-scale at bytes 208..210.
-pub fn q6k_values(b: &[u8]) -> [i8; 256] {
-    let (ql, qh) = (&b[..128], &b[128..192]);
-    let mut q = [0i8; 256];
-    for half in 0..2 {
-        let (ql, qh, q) = (&ql[64 * half..], &qh[32 * half..], &mut q[128 * half..]);
-        for l in 0..32 {
-            q[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-            q[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-            q[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-            q[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
-        }
-    }
-    q
 }
 
 /// A Q6_K row against Q8_K activations `xq` with block scales `xd` (256
@@ -155,11 +133,12 @@ pub fn q6k_values(b: &[u8]) -> [i8; 256] {
 pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let mut acc = 0f32;
     for (b, x, d) in q6k_blocks(row, xq, xd) {
-        let isum: i32 = q6k_values(b)
+        let isum: i32 = b
+            .values()
             .iter()
             .zip(x)
             .enumerate()
-            .map(|(p, (&q, &x))| b[192 + p / 16] as i8 as i32 * q as i32 * x as i32)
+            .map(|(p, (&q, &x))| b.scales[p / 16] as i32 * q as i32 * x as i32)
             .sum();
         acc += d * isum as f32;
     }
@@ -167,17 +146,17 @@ pub fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 }
 
 /// The blocks of a Q6_K row with their 256 Q8_K values and the product of
-/// the two scales (the activations' times the block's f16 `d`, bytes
-/// 208..210), for every Q6_K dot.
+/// the two scales (the activations' times the block's `d`), for every Q6_K
+/// dot.
 pub(super) fn q6k_blocks<'a>(
     row: &'a [u8],
     xq: &'a [i8],
     xd: &'a [f32],
-) -> impl Iterator<Item = (&'a [u8], &'a [i8], f32)> {
-    row.chunks_exact(Q6K_BLOCK)
-        .zip(xq.chunks_exact(256))
+) -> impl Iterator<Item = (&'a BlockQ6K, &'a [i8], f32)> {
+    BlockQ6K::blocks(row)
+        .zip(xq.chunks_exact(QK_K))
         .zip(xd)
-        .map(|((b, x), &dx)| (b, x, dx * f16_at(b, 104)))
+        .map(|((b, x), &dx)| (b, x, dx * b.d.get()))
 }
 
 /// `out[j] = k · qs[j]` for the `out.len()` query rows stored back to back.
@@ -255,25 +234,6 @@ pub fn attn_scores(
             out[j * out_stride + s] = dot_f16(row, &qs[j * hd..(j + 1) * hd]) * scale;
         }
     }
-}
-
-/// ggml's `nearest_int`, by its own trick (no libm call): round half to
-/// even for |v| <= 4194303, and beyond that the same value ggml gets.
-pub fn nearest_int(v: f32) -> i32 {
-    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-}
-
-/// The largest magnitude of `x` and the value that has it (the first one),
-/// as ggml's quantizers find them: `(0, 0)` when every value is 0.
-pub fn signed_absmax<'a>(x: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    (amax, max)
 }
 
 /// ggml's `make_qx_quants(16, 32, x, L, 1, NULL)`: the scale of a group of
