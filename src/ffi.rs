@@ -16,11 +16,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cache::{Lookup, PackedMatrix, Registry};
+use crate::cache::{Lookup, Registry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels::{self, Kernel};
 use crate::matmul::{self, ActBatch};
+use crate::packed::PackedMatrix;
 use crate::threadpool::ThreadPool;
 
 /// Success.

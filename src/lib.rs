@@ -2,7 +2,8 @@
 //!
 //! - [`i2s`]: the I2_S weight and I8_S activation formats.
 //! - [`kernels`]: the dot kernels per instruction set behind one dispatcher.
-//! - [`cache`]: the load-time repacked weight layout and the handle registry.
+//! - [`packed`]: the load-time repacked weight layout.
+//! - [`cache`]: the handle registry behind the C ABI's cache.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
 //! - [`threadpool`]: the persistent worker pool.
 //! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
@@ -22,6 +23,7 @@ pub mod kernels;
 pub mod matmul;
 #[cfg(feature = "runner")]
 pub mod model;
+pub mod packed;
 #[cfg(feature = "runner")]
 pub mod sampler;
 #[cfg(feature = "runner")]

@@ -10,10 +10,10 @@ use half::f16;
 
 use super::config::{Config, Family};
 use super::ops::Rope;
-use crate::cache::PackedMatrix;
 use crate::embedding::{quantize_q6k_matrix, Matrix, Q8Head};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::packed::PackedMatrix;
 use crate::threadpool::ThreadPool;
 use crate::tokenizer::Tokenizer;
 

@@ -1,0 +1,348 @@
+//! The load-time repacked weight layout.
+//!
+//! [`PackedMatrix`] is a ternary weight matrix copied once from the I2_S
+//! layout into the layout the kernels run fastest on: rows are grouped in
+//! tiles of [`TILE_ROWS`], and within a tile the 32-byte blocks of its rows
+//! are interleaved block by block, so a four-row kernel reads one contiguous
+//! stream and loads each activation block once for four rows (on AVX-512, two
+//! rows share one 512-bit register). Each row stays a sequence of 32-byte
+//! blocks at a fixed stride, so every kernel reads it and every result is
+//! bit-identical to the one on the original bytes. The model runner keeps a
+//! `PackedMatrix` as its only copy of each weight tensor, and each handle of
+//! the C ABI's cache (`ggml_bitnet_stfma_cache_*`) holds one.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
+use crate::kernels::{self, Kernel};
+
+/// Rows per interleaved tile in the repacked layout.
+pub const TILE_ROWS: usize = 4;
+
+/// A 64-byte aligned, zero-initialised byte buffer whose allocation failure
+/// is an error instead of an abort.
+pub struct AlignedBytes {
+    chunks: Vec<Align64>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Align64([u8; 64]);
+
+impl AlignedBytes {
+    pub fn zeroed(len: usize) -> Result<Self> {
+        let n = len.div_ceil(64);
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(n).map_err(|_| {
+            Error::new(
+                ErrorKind::OutOfMemory,
+                format!("cannot allocate {len} aligned bytes"),
+            )
+        })?;
+        chunks.resize(n, Align64([0; 64]));
+        Ok(AlignedBytes { chunks, len })
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `chunks` holds `n * 64 >= len` initialised bytes, contiguous.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const u8, self.len) }
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u8, self.len) }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The bytes as int8 values (quantized activations).
+    pub fn as_i8(&self) -> &[i8] {
+        // SAFETY: i8 and u8 have the same size and alignment; same memory.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const i8, self.len) }
+    }
+    pub fn as_mut_i8(&mut self) -> &mut [i8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut i8, self.len) }
+    }
+}
+
+/// A ternary weight matrix of `rows × cols` in the repacked layout, with its
+/// per-tensor scale.
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    tile_rows: usize,
+    scale: f32,
+    data: AlignedBytes,
+}
+
+impl PackedMatrix {
+    /// Repacks `rows × cols` weights given as I2_S bytes (`rows*cols/4` of
+    /// packed codes, row `r` at byte `r*cols/4`) with tensor scale `scale`.
+    pub fn from_i2s(packed: &[u8], rows: usize, cols: usize, scale: f32) -> Result<Self> {
+        Self::with_tiles(packed, rows, cols, scale, TILE_ROWS)
+    }
+
+    /// Repacks a whole I2_S tensor as stored in a GGUF file: the packed codes
+    /// followed by the f32 scale.
+    ///
+    /// A row length that is not a multiple of 128 (bitnet_b1_58-3B's
+    /// `ffn_down`, 8640) is read as bitnet.cpp's converter wrote it: the
+    /// whole tensor as one run of 128-weight blocks, row `r` from element
+    /// `r * cols`. Such rows are stored padded with zero weights to the next
+    /// multiple of 128 ([`PackedMatrix::cols`] is then the padded length;
+    /// activations are padded with zeros to match, see
+    /// [`crate::matmul::ActBatch::padded`]).
+    pub fn from_i2s_tensor(tensor: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if cols.is_multiple_of(QK_I2_S) || cols == 0 {
+            let n = check_shape(rows, cols)?;
+            let scale = i2s::read_scale(tensor, n)?;
+            return Self::from_i2s(&tensor[..n / 4], rows, cols, scale);
+        }
+        let n = rows
+            .checked_mul(cols)
+            .filter(|n| n.is_multiple_of(QK_I2_S))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{rows}x{cols} weights are not a whole number of 128-weight I2_S blocks"
+                ))
+            })?;
+        let scale = i2s::read_scale(tensor, n)?;
+        let padded = cols.next_multiple_of(QK_I2_S);
+        let np = check_shape(rows, padded)?;
+        let mut codes = vec![i2s::CODE_ZERO; padded];
+        let mut packed = vec![0u8; np / 4];
+        for (r, dst) in packed.chunks_exact_mut(padded / 4).enumerate() {
+            for (c, code) in codes[..cols].iter_mut().enumerate() {
+                *code = i2s::code_at(tensor, r * cols + c);
+            }
+            i2s::pack_codes(&codes, dst)?;
+        }
+        Self::from_i2s(&packed, rows, padded, scale)
+    }
+
+    /// One row stored as an aligned copy (a single row has nothing to
+    /// interleave), as the RFC's per-row `cache_weights` wants.
+    pub fn single_row(packed: &[u8], cols: usize) -> Result<Self> {
+        Self::with_tiles(packed, 1, cols, 1.0, 1)
+    }
+
+    fn with_tiles(
+        packed: &[u8],
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        tile_rows: usize,
+    ) -> Result<Self> {
+        let n = check_shape(rows, cols)?;
+        if packed.len() < n / 4 {
+            return Err(Error::invalid(format!(
+                "{rows}x{cols} I2_S weights need {} bytes, got {}",
+                n / 4,
+                packed.len()
+            )));
+        }
+        let nb = cols / QK_I2_S;
+        let tiles = rows.div_ceil(tile_rows);
+        let len = tiles
+            .checked_mul(tile_rows * nb * BLOCK_BYTES)
+            .ok_or_else(|| Error::invalid("packed size overflows"))?;
+        let mut data = AlignedBytes::zeroed(len)?;
+        let out = data.as_mut_slice();
+        let row_bytes = cols / 4;
+        for r in 0..rows {
+            let (t, lane) = (r / tile_rows, r % tile_rows);
+            let src = &packed[r * row_bytes..(r + 1) * row_bytes];
+            for b in 0..nb {
+                let dst = ((t * nb + b) * tile_rows + lane) * BLOCK_BYTES;
+                out[dst..dst + BLOCK_BYTES]
+                    .copy_from_slice(&src[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES]);
+            }
+        }
+        Ok(PackedMatrix {
+            rows,
+            cols,
+            tile_rows,
+            scale,
+            data,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+    pub fn tile_rows(&self) -> usize {
+        self.tile_rows
+    }
+    /// The repacked bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+    /// Bytes of the original I2_S codes (without the scale trailer).
+    pub fn source_bytes(&self) -> usize {
+        self.rows * self.cols / 4
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols / QK_I2_S
+    }
+
+    /// Row `r` as a kernel view: the bytes from its first block and the
+    /// stride between its blocks.
+    pub fn row(&self, r: usize) -> (&[u8], usize) {
+        assert!(r < self.rows, "row {r} out of {}", self.rows);
+        let nb = self.blocks();
+        let stride = self.tile_rows * BLOCK_BYTES;
+        let start = ((r / self.tile_rows) * nb * self.tile_rows + r % self.tile_rows) * BLOCK_BYTES;
+        (
+            &self.bytes()[start..start + (nb - 1) * stride + BLOCK_BYTES],
+            stride,
+        )
+    }
+
+    /// The four rows of the tile that holds row `r0` (a multiple of
+    /// [`TILE_ROWS`]) as kernel views, padding rows (all code 0) included,
+    /// and the stride between their blocks. `None` for a matrix stored
+    /// without tiles (a single cached row).
+    pub fn tile(&self, r0: usize) -> Option<([&[u8]; 4], usize)> {
+        if self.tile_rows != TILE_ROWS {
+            return None;
+        }
+        assert!(
+            r0.is_multiple_of(TILE_ROWS) && r0 < self.rows,
+            "tile row {r0} of {}",
+            self.rows
+        );
+        let nb = self.blocks();
+        let stride = TILE_ROWS * BLOCK_BYTES;
+        let start = r0 * nb * BLOCK_BYTES;
+        let len = (nb - 1) * stride + BLOCK_BYTES;
+        let d = self.bytes();
+        Some((
+            std::array::from_fn(|i| {
+                let s = start + i * BLOCK_BYTES;
+                &d[s..s + len]
+            }),
+            stride,
+        ))
+    }
+
+    /// The codes of row `r`, one per byte (for tests and conversions).
+    pub fn row_codes(&self, r: usize, out: &mut [u8]) {
+        let (w, stride) = self.row(r);
+        for (b, block) in out.chunks_exact_mut(QK_I2_S).enumerate() {
+            i2s::unpack_codes(&w[b * stride..b * stride + BLOCK_BYTES], block);
+        }
+    }
+
+    /// Exact integer dots of rows `rows` against one quantized activation
+    /// row, into `out[i]` for row `rows.start + i`.
+    pub fn dot_rows(&self, k: Kernel, rows: std::ops::Range<usize>, y: &[i8], out: &mut [i32]) {
+        assert_eq!(y.len(), self.cols, "activation length");
+        assert!(rows.end <= self.rows && out.len() >= rows.len());
+        let mut r = rows.start;
+        while r < rows.end {
+            if self.tile_rows == TILE_ROWS
+                && r.is_multiple_of(TILE_ROWS)
+                && r + TILE_ROWS <= rows.end
+            {
+                let v = [
+                    self.row(r),
+                    self.row(r + 1),
+                    self.row(r + 2),
+                    self.row(r + 3),
+                ];
+                let d = kernels::dot_4rows_with(k, [v[0].0, v[1].0, v[2].0, v[3].0], v[0].1, y);
+                out[r - rows.start..r - rows.start + 4].copy_from_slice(&d);
+                r += 4;
+            } else {
+                let (w, stride) = self.row(r);
+                out[r - rows.start] = kernels::dot_with(k, w, stride, y);
+                r += 1;
+            }
+        }
+    }
+
+    /// Exact integer dots of row `r` against four activation rows.
+    pub fn dot_row_4acts(&self, k: Kernel, r: usize, y: [&[i8]; 4]) -> [i32; 4] {
+        let (w, stride) = self.row(r);
+        kernels::dot_4acts_with(k, w, stride, y)
+    }
+}
+
+fn check_shape(rows: usize, cols: usize) -> Result<usize> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::invalid(format!("empty weight matrix {rows}x{cols}")));
+    }
+    if !cols.is_multiple_of(QK_I2_S) {
+        return Err(Error::invalid(format!(
+            "row length {cols} is not a multiple of {QK_I2_S}"
+        )));
+    }
+    rows.checked_mul(cols)
+        .filter(|&n| n / 4 <= isize::MAX as usize)
+        .ok_or_else(|| Error::invalid(format!("weight matrix {rows}x{cols} is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::Rng;
+
+    fn random_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
+        let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 3) as u8).collect();
+        let mut packed = vec![0; rows * cols / 4];
+        i2s::pack_codes(&codes, &mut packed).unwrap();
+        packed
+    }
+
+    #[test]
+    fn packed_rows_give_identical_dots() {
+        let mut rng = Rng::new(3);
+        for &(rows, cols) in &[(1usize, 128usize), (5, 256), (8, 640), (13, 2560)] {
+            let raw = random_matrix(&mut rng, rows, cols);
+            let m = PackedMatrix::from_i2s(&raw, rows, cols, 0.5).unwrap();
+            assert_eq!(m.bytes().len(), rows.div_ceil(4) * 4 * cols / 4);
+            let y: Vec<i8> = (0..cols).map(|_| rng.next() as i8).collect();
+            for k in Kernel::supported() {
+                let mut got = vec![0; rows];
+                m.dot_rows(k, 0..rows, &y, &mut got);
+                let mut part = vec![0; rows - 1];
+                m.dot_rows(k, 1..rows, &y, &mut part);
+                for r in 0..rows {
+                    let want = kernels::scalar::dot(&raw[r * cols / 4..], 32, &y);
+                    assert_eq!(got[r], want, "{} {rows}x{cols} row {r}", k.name());
+                    if r > 0 {
+                        assert_eq!(part[r - 1], want);
+                    }
+                }
+                let acts = [&y[..], &y[..], &y[..], &y[..]];
+                assert_eq!(m.dot_row_4acts(k, rows - 1, acts), [got[rows - 1]; 4]);
+            }
+            let mut codes = vec![0; cols];
+            m.row_codes(rows - 1, &mut codes);
+            for (e, &c) in codes.iter().enumerate() {
+                assert_eq!(c, i2s::code_at(&raw[(rows - 1) * cols / 4..], e));
+            }
+        }
+    }
+
+    #[test]
+    fn tensor_scale_is_read_and_shapes_checked() {
+        let mut t = vec![0u8; i2s::tensor_bytes(512)];
+        t[128..132].copy_from_slice(&2.5f32.to_le_bytes());
+        let m = PackedMatrix::from_i2s_tensor(&t, 2, 256).unwrap();
+        assert_eq!((m.rows(), m.cols(), m.scale()), (2, 256, 2.5));
+        assert!(PackedMatrix::from_i2s_tensor(&t, 2, 100).is_err());
+        assert!(PackedMatrix::from_i2s_tensor(&t[..100], 2, 256).is_err());
+        assert!(PackedMatrix::from_i2s(&t, 0, 256, 1.0).is_err());
+        assert!(PackedMatrix::from_i2s(&t, usize::MAX / 2, 256, 1.0).is_err());
+    }
+}
