@@ -3,11 +3,9 @@
 //! - [`i2s`]: the I2_S weight and I8_S activation formats.
 //! - [`kernels`]: the dot kernels per instruction set behind one dispatcher.
 //! - [`packed`]: the load-time repacked weight layout.
-//! - [`cache`]: the handle registry behind the C ABI's cache.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
 //! - [`threadpool`]: the persistent worker pool.
 //! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
-pub mod cache;
 #[cfg(feature = "runner")]
 pub mod chat;
 #[cfg(feature = "runner")]

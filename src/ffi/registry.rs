@@ -1,4 +1,4 @@
-//! The handle registry behind the C ABI's cache.
+//! The handle registry behind the cache of the C ABI.
 //!
 //! [`Registry`] is the process-wide, thread-safe store behind the C ABI's
 //! `ggml_bitnet_stfma_cache_*` handles: handles are opaque ids, never

@@ -16,13 +16,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cache::{Lookup, Registry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels::{self, Kernel};
 use crate::matmul::{self, ActBatch};
 use crate::packed::PackedMatrix;
 use crate::threadpool::ThreadPool;
+
+mod registry;
+
+use registry::{Lookup, Registry};
 
 /// Success.
 pub const GGML_BITNET_STFMA_OK: c_int = 0;
