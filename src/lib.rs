@@ -5,7 +5,8 @@
 //! - [`packed`]: the load-time repacked weight layout.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
 //! - [`threadpool`]: the persistent worker pool.
-//! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
+//! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`), with the registry
+//!   behind its cache handles.
 #[cfg(feature = "runner")]
 pub mod chat;
 #[cfg(feature = "runner")]
