@@ -5,7 +5,7 @@
 //! - `raw`: one `ggml_vec_dot_i2_i8_s`-style dot per row on the original
 //!   I2_S bytes (uncached);
 //! - `raw4`: four raw rows per call, sharing the activation loads;
-//! - `cached`: the repacked tile layout of the cache, four rows per call;
+//! - `cached`: the repacked tile layout (`PackedMatrix`), four rows per call;
 //! - `cached_4acts`: one weight row against four activation rows (the
 //!   prompt-processing GEMM form), counted as 4 MACs per weight;
 //! - `cached_tile8`: a four-row tile against eight activation rows (the
@@ -19,10 +19,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 
-use bitnet_stfma::cache::PackedMatrix;
 use bitnet_stfma::i2s;
 use bitnet_stfma::kernels::{self, Kernel};
 use bitnet_stfma::matmul::{self, ActBatch};
+use bitnet_stfma::packed::PackedMatrix;
 use bitnet_stfma::threadpool::ThreadPool;
 
 /// (cols = input dim, rows = output dim), ggml order as in the GGUF.

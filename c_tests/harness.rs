@@ -1,5 +1,5 @@
 //! Drives the C side from `cargo test`: checks that the committed header is
-//! what cbindgen generates from `src/ffi.rs`, compiles it as C11 and C++17,
+//! what cbindgen generates from `src/ffi/mod.rs`, compiles it as C11 and C++17,
 //! and builds and runs the C test programs against the static library that
 //! this same `cargo test` built.
 
@@ -16,9 +16,9 @@ fn generate_header() -> String {
         .expect("read include/cbindgen.toml");
     let bindings = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(root().join("src/ffi.rs"))
+        .with_src(root().join("src/ffi/mod.rs"))
         .generate()
-        .expect("cbindgen failed on src/ffi.rs");
+        .expect("cbindgen failed on src/ffi/mod.rs");
     let mut out = Vec::new();
     bindings.write(&mut out);
     String::from_utf8(out).expect("header is UTF-8")

@@ -3,11 +3,11 @@
 //! - [`i2s`]: the I2_S weight and I8_S activation formats.
 //! - [`quant`]: the other block formats (Q8_0, Q8_K, Q6_K), typed.
 //! - [`kernels`]: the dot kernels per instruction set behind one dispatcher.
-//! - [`cache`]: the load-time repacked weight layout and the handle registry.
+//! - [`packed`]: the load-time repacked weight layout.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
 //! - [`threadpool`]: the persistent worker pool.
-//! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`).
-pub mod cache;
+//! - `ffi`: the C ABI (`include/ggml-bitnet-stfma.h`), with the registry
+//!   behind its cache handles.
 #[cfg(feature = "runner")]
 pub mod chat;
 #[cfg(feature = "runner")]
@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod matmul;
 #[cfg(feature = "runner")]
 pub mod model;
+pub mod packed;
 pub mod quant;
 #[cfg(feature = "runner")]
 pub mod sampler;

@@ -2,9 +2,9 @@
 //! computes them: each activation column is quantized to I8_S once, every
 //! output is `(dot - act_sum) / act_scale * w_scale`.
 
-use crate::cache::{AlignedBytes, PackedMatrix, TILE_ROWS};
 use crate::i2s::{self, ActQuant};
 use crate::kernels::{self, Kernel};
+use crate::packed::{AlignedBytes, PackedMatrix, TILE_ROWS};
 use crate::threadpool::{DisjointMut, ThreadPool};
 
 /// Activation columns quantized to I8_S, allocated once and reused.
@@ -29,7 +29,7 @@ impl ActBatch {
 
     /// Columns of `len` activations seen by the kernels as `stride` values,
     /// the rest zeros (for matrices whose rows were padded to a multiple of
-    /// 128, see [`crate::cache::PackedMatrix::from_i2s_tensor`]).
+    /// 128, see [`crate::packed::PackedMatrix::from_i2s_tensor`]).
     pub fn padded(len: usize, stride: usize, max_cols: usize) -> Self {
         assert!(stride >= len, "padding shorter than the activations");
         ActBatch {

@@ -166,7 +166,7 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
 /// lower. (The same in the AVX2 four-row dot made no difference there.)
 const DECODE_AHEAD: usize = 16;
 
-/// Four weight rows (a cache tile) against `N` activation rows: the prompt
+/// Four weight rows (a packed tile) against `N` activation rows: the prompt
 /// GEMM's register tile. Rows 0|1 and 2|3 share a 512-bit register, each
 /// 32-byte activation vector is broadcast to both halves and feeds two
 /// `vpdpbusd`, so every unpacked code plane is used `2N` times. Returns

@@ -4,7 +4,7 @@
 //! Every kernel computes the exact integer `Σ code·q` over whole 128-weight
 //! blocks (codes 0..=3 as stored, no int16 wrap-around). A weight row is a
 //! sequence of 32-byte blocks, block `i` at byte `i * stride`: the raw I2_S
-//! layout has `stride = 32`, the repacked layout of [`crate::cache`] has
+//! layout has `stride = 32`, the repacked layout of [`crate::packed`] has
 //! `stride = 32 * tile_rows`.
 //!
 //! Beside the ternary kernels, every other SIMD routine of the library lives
@@ -271,7 +271,7 @@ pub fn dot_4acts_with(k: Kernel, w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32
     }
 }
 
-/// Four weight rows (a cache tile) against `N` activation rows, the prompt
+/// Four weight rows (a packed tile) against `N` activation rows, the prompt
 /// GEMM's register tile: `out[j][r]` is row `r` against activation row `j`.
 pub fn tile_with<const N: usize>(
     k: Kernel,
@@ -911,7 +911,7 @@ pub(crate) mod tests {
         for k in Kernel::supported() {
             for &n in &[128usize, 640, 2560, 6912] {
                 let nb = n / 128;
-                // Four rows interleaved block by block (stride 128), as the cache packs them.
+                // Four rows interleaved block by block (stride 128), as `PackedMatrix` packs them.
                 let rows: Vec<(Vec<u8>, Vec<i8>)> =
                     (0..4).map(|_| random_case(&mut rng, n, 2)).collect();
                 let mut tile = vec![0u8; 4 * n / 4];

@@ -11,10 +11,10 @@ use half::f16;
 use super::config::{Config, Family};
 use super::head::{HeadKind, LmHead};
 use super::ops::Rope;
-use crate::cache::PackedMatrix;
 use crate::embedding::Matrix;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::packed::PackedMatrix;
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Layer {
