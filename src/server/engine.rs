@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
@@ -35,15 +36,38 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+/// Why a generation ended: OpenAI's `finish_reason`, serialized as its
+/// lowercase string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its text, or a stop string came.
+    Stop,
+    /// `max_tokens` or the slot's context was reached.
+    Length,
+    /// The server shut down first.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The string OpenAI's clients know.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What a request's receiver gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// More generated text.
     Text(String),
-    /// The end, with OpenAI's finish reason (`stop` or `length`, or
-    /// `cancelled` when the server shut down) and the token counts.
+    /// The end, with the finish reason and the token counts.
     Done {
-        finish: &'static str,
+        finish: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
     },
@@ -182,7 +206,7 @@ struct Active {
 }
 
 impl Active {
-    fn done(&self, finish: &'static str) -> Event {
+    fn done(&self, finish: FinishReason) -> Event {
         Event::Done {
             finish,
             prompt_tokens: self.job.prompt.len(),
@@ -267,7 +291,7 @@ fn run(
                 if gone {
                     metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    let _ = a.job.events.send(a.done("cancelled"));
+                    let _ = a.job.events.send(a.done(FinishReason::Cancelled));
                 }
                 free.push(a.slot);
                 return false;
@@ -341,11 +365,11 @@ fn run(
                 metrics.prompt_tokens.fetch_add(t.len(), Ordering::Relaxed);
             }
         }
-        let mut finished: Vec<(usize, &'static str)> = Vec::new();
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
         for &(i, t) in &sampled {
             let a = &mut active[i];
             if tok.is_end_of_generation(t) {
-                finished.push((i, "stop"));
+                finished.push((i, FinishReason::Stop));
                 continue;
             }
             a.sampler.accept(t);
@@ -358,20 +382,20 @@ fn run(
                 let _ = a.job.events.send(Event::Text(text));
             }
             if hit {
-                finished.push((i, "stop"));
+                finished.push((i, FinishReason::Stop));
             } else if a.generated >= a.job.max_tokens || sess.slot_pos(a.slot) >= sess.ctx() {
-                finished.push((i, "length"));
+                finished.push((i, FinishReason::Length));
             } else {
                 a.next = Some(t);
             }
         }
-        finished.sort_unstable();
+        finished.sort_unstable_by_key(|f| f.0);
         for &(i, finish) in finished.iter().rev() {
             let mut a = active.remove(i);
             // (before the client hears of the end, so that what it then
             // reads from /metrics already counts the slot free)
             metrics.active_slots.store(active.len(), Ordering::Relaxed);
-            if finish != "stop" || !a.stop.stopped {
+            if finish != FinishReason::Stop || !a.stop.stopped {
                 let tail = a.decoder.finish();
                 let (mut text, _) = a.stop.push(&tail);
                 text.push_str(&a.stop.finish());
@@ -385,7 +409,7 @@ fn run(
                 id = a.job.id,
                 prompt_tokens = a.job.prompt.len(),
                 completion_tokens = a.generated,
-                finish,
+                finish = finish.as_str(),
                 "request done"
             );
             free.push(a.slot);
@@ -483,5 +507,17 @@ mod tests {
         assert_eq!(f.push("!"), (String::new(), true));
         let mut f = StopFilter::new(&[]);
         assert_eq!(f.push("anything"), ("anything".into(), false));
+    }
+
+    #[test]
+    fn finish_reasons_are_openais_strings() {
+        for (r, s) in [
+            (FinishReason::Stop, "stop"),
+            (FinishReason::Length, "length"),
+            (FinishReason::Cancelled, "cancelled"),
+        ] {
+            assert_eq!(r.as_str(), s);
+            assert_eq!(serde_json::to_value(r).unwrap(), s);
+        }
     }
 }

@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::SamplerConfig;
 use api::{ChatRequest, CompletionRequest, Settings};
-use engine::{Engine, EngineConfig, Event, Job};
+use engine::{Engine, EngineConfig, Event, FinishReason, Job};
 
 /// Settings of `bitnet serve`.
 #[derive(Debug, Clone)]
@@ -490,7 +490,7 @@ impl Reply {
     }
 
     /// One streamed chunk: `text` (and on the last, the finish reason and usage).
-    fn chunk(&self, text: Option<&str>, first: bool, end: Option<(&str, Value)>) -> Value {
+    fn chunk(&self, text: Option<&str>, first: bool, end: Option<(FinishReason, Value)>) -> Value {
         let finish = end.as_ref().map(|e| e.0);
         let choice = match self.kind {
             Kind::Chat => {
