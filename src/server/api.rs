@@ -1,8 +1,11 @@
-//! The OpenAI request bodies `bitnet serve` reads, and their checks. Fields
-//! it does not know are ignored (clients send many); a known field of the
-//! wrong type or out of range is a 400 with OpenAI's error body.
+//! The OpenAI request bodies `bitnet serve` reads, and their checks, and
+//! the response bodies it writes. Fields it does not know are ignored
+//! (clients send many); a known field of the wrong type or out of range is
+//! a 400 with OpenAI's error body.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use super::engine::FinishReason;
 
 /// Either one string or a list of them (`stop`, `prompt`).
 #[derive(Debug, Clone, Deserialize)]
@@ -192,5 +195,406 @@ impl ChatMessage {
                 Ok(s)
             }
         }
+    }
+}
+
+// The response bodies. Their fields are declared in alphabetical order,
+// the order in which serde_json writes a map's keys: the bodies were first
+// built as `json!` maps, and the bytes on the wire stay the same.
+
+/// OpenAI's error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    /// Always null.
+    pub code: (),
+    pub message: String,
+    /// The request field at fault.
+    pub param: Option<&'a str>,
+    /// `invalid_request_error`, `authentication_error`, `server_error`...
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl<'a> ErrorBody<'a> {
+    pub fn new(kind: &'static str, message: String, param: Option<&'a str>) -> ErrorBody<'a> {
+        ErrorBody {
+            error: ErrorDetail {
+                code: (),
+                message,
+                param,
+                kind,
+            },
+        }
+    }
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+impl Health {
+    pub const OK: Health = Health { status: "ok" };
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct ModelList<'a> {
+    pub data: Vec<ModelCard<'a>>,
+    pub object: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelCard<'a> {
+    pub created: u64,
+    pub id: &'a str,
+    pub object: &'static str,
+    pub owned_by: &'static str,
+}
+
+impl<'a> ModelList<'a> {
+    /// The list of the one model the server serves.
+    pub fn one(id: &'a str, created: u64) -> ModelList<'a> {
+        ModelList {
+            data: vec![ModelCard {
+                created,
+                id,
+                object: "model",
+                owned_by: "bitnet-stfma",
+            }],
+            object: "list",
+        }
+    }
+}
+
+/// A request's token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub completion_tokens: usize,
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Usage {
+        Usage {
+            completion_tokens,
+            prompt_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/v1/chat/completions`
+    Chat,
+    /// `/v1/completions`
+    Completion,
+}
+
+/// A completion, whole or one streamed chunk of it.
+#[derive(Debug, Serialize)]
+pub struct Completion<'a> {
+    /// The one choice.
+    pub choices: [Choice<'a>; 1],
+    pub created: u64,
+    pub id: &'a str,
+    pub model: &'a str,
+    pub object: &'static str,
+    /// In a whole completion and in a stream's last chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A completion's choice. `logprobs` is always null; `finish_reason` is
+/// null in a stream's chunks but the last.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Choice<'a> {
+    /// A whole chat completion's.
+    Message {
+        finish_reason: FinishReason,
+        index: u32,
+        logprobs: (),
+        message: AssistantMessage<'a>,
+    },
+    /// A streamed chat completion's.
+    Delta {
+        delta: ChatDelta<'a>,
+        finish_reason: Option<FinishReason>,
+        index: u32,
+        logprobs: (),
+    },
+    /// A text completion's, whole or streamed.
+    Text {
+        finish_reason: Option<FinishReason>,
+        index: u32,
+        logprobs: (),
+        text: &'a str,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage<'a> {
+    pub content: &'a str,
+    pub role: &'static str,
+}
+
+/// What a chat chunk adds: the role in the first, text in those with text.
+#[derive(Debug, Serialize)]
+pub struct ChatDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+}
+
+/// What every response object of one request carries.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub id: String,
+    pub kind: Kind,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Reply {
+    /// The reply to request `n` (ids `chatcmpl-N` or `cmpl-N`).
+    pub fn new(kind: Kind, n: u64, created: u64, model: String) -> Reply {
+        let id = match kind {
+            Kind::Chat => format!("chatcmpl-{n}"),
+            Kind::Completion => format!("cmpl-{n}"),
+        };
+        Reply {
+            id,
+            kind,
+            created,
+            model,
+        }
+    }
+
+    fn completion<'a>(
+        &'a self,
+        object: &'static str,
+        choice: Choice<'a>,
+        usage: Option<Usage>,
+    ) -> Completion<'a> {
+        Completion {
+            choices: [choice],
+            created: self.created,
+            id: &self.id,
+            model: &self.model,
+            object,
+            usage,
+        }
+    }
+
+    /// The whole answer.
+    pub fn whole<'a>(
+        &'a self,
+        text: &'a str,
+        finish: FinishReason,
+        usage: Usage,
+    ) -> Completion<'a> {
+        match self.kind {
+            Kind::Chat => self.completion(
+                "chat.completion",
+                Choice::Message {
+                    finish_reason: finish,
+                    index: 0,
+                    logprobs: (),
+                    message: AssistantMessage {
+                        content: text,
+                        role: "assistant",
+                    },
+                },
+                Some(usage),
+            ),
+            Kind::Completion => self.completion(
+                "text_completion",
+                Choice::Text {
+                    finish_reason: Some(finish),
+                    index: 0,
+                    logprobs: (),
+                    text,
+                },
+                Some(usage),
+            ),
+        }
+    }
+
+    /// One streamed chunk: `text`, the role too in a chat's first, and the
+    /// finish reason and usage in the last.
+    pub fn chunk<'a>(
+        &'a self,
+        text: Option<&'a str>,
+        first: bool,
+        end: Option<(FinishReason, Usage)>,
+    ) -> Completion<'a> {
+        let finish_reason = end.map(|e| e.0);
+        let usage = end.map(|e| e.1);
+        match self.kind {
+            Kind::Chat => self.completion(
+                "chat.completion.chunk",
+                Choice::Delta {
+                    delta: ChatDelta {
+                        content: text,
+                        role: first.then_some("assistant"),
+                    },
+                    finish_reason,
+                    index: 0,
+                    logprobs: (),
+                },
+                usage,
+            ),
+            Kind::Completion => self.completion(
+                "text_completion",
+                Choice::Text {
+                    finish_reason,
+                    index: 0,
+                    logprobs: (),
+                    text: text.unwrap_or(""),
+                },
+                usage,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// The same bytes as the `json!` body.
+    fn same(typed: impl Serialize, want: Value) {
+        assert_eq!(serde_json::to_string(&typed).unwrap(), want.to_string());
+    }
+
+    /// The stream chunk as the server built it with `json!`.
+    fn chunk_json(r: &Reply, text: Option<&str>, first: bool, end: Option<(&str, Value)>) -> Value {
+        let finish = end.as_ref().map(|e| e.0);
+        let choice = match r.kind {
+            Kind::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                json!({"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": Value::Null, "finish_reason": finish})
+            }
+        };
+        let object = match r.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        let mut v = json!({"id": r.id, "object": object, "created": r.created, "model": r.model, "choices": [choice]});
+        if let Some((_, usage)) = end {
+            v["usage"] = usage;
+        }
+        v
+    }
+
+    #[test]
+    fn error_health_and_model_bodies() {
+        same(
+            ErrorBody::new(
+                "invalid_request_error",
+                "too \"long\"\n".into(),
+                Some("max_tokens"),
+            ),
+            json!({"error": {"message": "too \"long\"\n", "type": "invalid_request_error", "param": "max_tokens", "code": Value::Null}}),
+        );
+        same(
+            ErrorBody::new("server_error", "the server stopped".into(), None),
+            json!({"error": {"message": "the server stopped", "type": "server_error", "param": Value::Null, "code": Value::Null}}),
+        );
+        same(Health::OK, json!({"status": "ok"}));
+        same(
+            ModelList::one("bitnet", 1_700_000_000),
+            json!({
+                "object": "list",
+                "data": [{"id": "bitnet", "object": "model", "created": 1_700_000_000u64, "owned_by": "bitnet-stfma"}]
+            }),
+        );
+        same(
+            Usage::new(6, 12),
+            json!({"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18}),
+        );
+    }
+
+    #[test]
+    fn whole_completions() {
+        let usage = json!({"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9});
+        let chat = Reply::new(Kind::Chat, 7, 1_700_000_000, "bitnet".into());
+        assert_eq!(chat.id, "chatcmpl-7");
+        same(
+            chat.whole("Paris é\n", FinishReason::Length, Usage::new(6, 3)),
+            json!({
+                "id": "chatcmpl-7", "object": "chat.completion", "created": 1_700_000_000u64, "model": "bitnet",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris é\n"}, "logprobs": Value::Null, "finish_reason": "length"}],
+                "usage": usage,
+            }),
+        );
+        let text = Reply::new(Kind::Completion, 8, 1_700_000_000, "m".into());
+        assert_eq!(text.id, "cmpl-8");
+        same(
+            text.whole("", FinishReason::Stop, Usage::new(6, 3)),
+            json!({
+                "id": "cmpl-8", "object": "text_completion", "created": 1_700_000_000u64, "model": "m",
+                "choices": [{"index": 0, "text": "", "logprobs": Value::Null, "finish_reason": "stop"}],
+                "usage": usage,
+            }),
+        );
+    }
+
+    #[test]
+    fn stream_chunks() {
+        let usage = json!({"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9});
+        for kind in [Kind::Chat, Kind::Completion] {
+            let r = Reply::new(kind, 3, 1_700_000_000, "bitnet".into());
+            for first in [true, false] {
+                for text in [Some("Hi \"there\""), None] {
+                    same(
+                        r.chunk(text, first, None),
+                        chunk_json(&r, text, first, None),
+                    );
+                }
+                for (finish, s) in [
+                    (FinishReason::Stop, "stop"),
+                    (FinishReason::Length, "length"),
+                    (FinishReason::Cancelled, "cancelled"),
+                ] {
+                    same(
+                        r.chunk(None, first, Some((finish, Usage::new(6, 3)))),
+                        chunk_json(&r, None, first, Some((s, usage.clone()))),
+                    );
+                }
+            }
+        }
+        // The shape, spelled out: a chat's first chunk has the role, no
+        // finish reason (null) and no usage.
+        let r = Reply::new(Kind::Chat, 1, 2, "m".into());
+        let v = serde_json::to_value(r.chunk(Some("a"), true, None)).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 2, "model": "m",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}, "logprobs": null, "finish_reason": null}]})
+        );
+        assert!(v.get("usage").is_none());
     }
 }

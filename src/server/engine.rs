@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
@@ -35,15 +36,38 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+/// Why a generation ended: OpenAI's `finish_reason`, serialized as its
+/// lowercase string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model ended its text, or a stop string came.
+    Stop,
+    /// `max_tokens` or the slot's context was reached.
+    Length,
+    /// The server shut down first.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The string OpenAI's clients know.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What a request's receiver gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// More generated text.
     Text(String),
-    /// The end, with OpenAI's finish reason (`stop` or `length`, or
-    /// `cancelled` when the server shut down) and the token counts.
+    /// The end, with the finish reason and the token counts.
     Done {
-        finish: &'static str,
+        finish: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
     },
@@ -96,7 +120,7 @@ impl Engine {
                 match Session::with_slots(&model, cfg.slot_ctx, max_batch, cfg.threads, cfg.slots) {
                     Ok(sess) => {
                         let _ = ready_tx.send(Ok(()));
-                        run(&model, sess, cfg, rx, &metrics, &drain, &cancel);
+                        Worker::new(sess, &cfg, rx, metrics, drain, cancel).run();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -167,22 +191,47 @@ impl Drop for Engine {
     }
 }
 
+/// Where a request in a slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading its prompt: the first `fed` tokens are in the KV cache.
+    Prompt { fed: usize },
+    /// Generating: `next` was sampled last and is fed next step.
+    Decode { next: u32 },
+}
+
 /// A request being served in a slot.
 struct Active {
     job: Job,
     slot: usize,
-    /// Prompt tokens fed so far.
-    fed: usize,
+    phase: Phase,
     sampler: Sampler,
-    /// The token sampled last, to be fed next step.
-    next: Option<u32>,
+    /// Tokens generated so far.
     generated: usize,
     decoder: StreamDecoder,
     stop: StopFilter,
 }
 
 impl Active {
-    fn done(&self, finish: &'static str) -> Event {
+    /// `job` in `slot`, about to read its prompt.
+    fn new(job: Job, slot: usize, vocab: usize) -> Active {
+        let mut sampler = Sampler::new(job.sampling, vocab);
+        for &t in &job.prompt {
+            sampler.accept(t);
+        }
+        let stop = StopFilter::new(&job.stop);
+        Active {
+            job,
+            slot,
+            phase: Phase::Prompt { fed: 0 },
+            sampler,
+            generated: 0,
+            decoder: StreamDecoder::new(),
+            stop,
+        }
+    }
+
+    fn done(&self, finish: FinishReason) -> Event {
         Event::Done {
             finish,
             prompt_tokens: self.job.prompt.len(),
@@ -191,211 +240,338 @@ impl Active {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    model: &Model,
-    mut sess: Session,
-    cfg: EngineConfig,
-    rx: Receiver<Job>,
-    metrics: &Metrics,
-    drain: &AtomicBool,
-    cancel: &AtomicBool,
-) {
-    let chunk = cfg.chunk.max(1);
-    let max_batch = sess.max_batch();
-    let tok = &model.tokenizer;
-    let vocab = model.config.vocab_size;
-    let mut free: Vec<usize> = (0..cfg.slots).rev().collect();
-    let mut active: Vec<Active> = Vec::new();
-    let mut window = (Instant::now(), 0usize);
-    loop {
-        // Admit waiting requests into free slots (block while idle).
-        while !free.is_empty() {
-            let job = if active.is_empty() {
-                if drain.load(Ordering::SeqCst) {
-                    match rx.try_recv() {
+/// What one request feeds in a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Planned {
+    /// The request (its index among the active ones).
+    request: usize,
+    /// Its token to decode, or a chunk of its prompt.
+    tokens: Vec<u32>,
+    /// The last row's logits are sampled: a decode row, or the prompt's
+    /// last chunk.
+    wants_logits: bool,
+}
+
+/// A step's rows: every decoding request's token first, then prompt
+/// chunks of `chunk` tokens (or the prompt's rest), in the order the
+/// requests came, while the batch of `max_batch` rows has room. A chunk is
+/// never cut to fit, and the first one that does not fit ends the plan, so
+/// no request overtakes one that came before it.
+fn plan(active: &[Active], chunk: usize, max_batch: usize) -> Vec<Planned> {
+    let mut plan = Vec::new();
+    let mut budget = max_batch;
+    for (request, a) in active.iter().enumerate() {
+        if let Phase::Decode { next } = a.phase {
+            plan.push(Planned {
+                request,
+                tokens: vec![next],
+                wants_logits: true,
+            });
+            budget -= 1;
+        }
+    }
+    for (request, a) in active.iter().enumerate() {
+        let Phase::Prompt { fed } = a.phase else {
+            continue;
+        };
+        let prompt = &a.job.prompt;
+        if fed < prompt.len() {
+            let n = chunk.min(prompt.len() - fed);
+            if n > budget {
+                break;
+            }
+            plan.push(Planned {
+                request,
+                tokens: prompt[fed..fed + n].to_vec(),
+                wants_logits: fed + n == prompt.len(),
+            });
+            budget -= n;
+        }
+    }
+    plan
+}
+
+/// Tokens generated since the decode rate was last published.
+struct RateWindow {
+    since: Instant,
+    tokens: usize,
+}
+
+impl RateWindow {
+    fn new() -> RateWindow {
+        RateWindow {
+            since: Instant::now(),
+            tokens: 0,
+        }
+    }
+
+    /// Publishes the rate once a second has passed, and starts over.
+    fn update(&mut self, metrics: &Metrics) {
+        let dt = self.since.elapsed();
+        if dt >= Duration::from_secs(1) {
+            metrics.set_decode_rate(self.tokens as f64 / dt.as_secs_f64());
+            *self = RateWindow::new();
+        }
+    }
+}
+
+/// The engine thread: its session, its requests and what it reports.
+/// Each turn of [`Worker::run`] admits queued requests, reaps those whose
+/// client left, plans the step's rows, steps, emits the sampled tokens and
+/// retires the finished requests.
+struct Worker<'m> {
+    sess: Session<'m>,
+    /// Prompt tokens per request per step.
+    chunk: usize,
+    jobs: Receiver<Job>,
+    metrics: Arc<Metrics>,
+    drain: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
+    /// Slots without a request (the last one is taken first).
+    free: Vec<usize>,
+    /// The requests in slots, in the order they came.
+    active: Vec<Active>,
+    rate: RateWindow,
+}
+
+impl<'m> Worker<'m> {
+    fn new(
+        sess: Session<'m>,
+        cfg: &EngineConfig,
+        jobs: Receiver<Job>,
+        metrics: Arc<Metrics>,
+        drain: Arc<AtomicBool>,
+        cancel: Arc<AtomicBool>,
+    ) -> Worker<'m> {
+        Worker {
+            sess,
+            chunk: cfg.chunk.max(1),
+            jobs,
+            metrics,
+            drain,
+            cancel,
+            free: (0..cfg.slots).rev().collect(),
+            active: Vec::new(),
+            rate: RateWindow::new(),
+        }
+    }
+
+    /// Steps until drained (or every sender is gone).
+    fn run(mut self) {
+        while self.admit() {
+            self.reap();
+            if self.active.is_empty() {
+                continue;
+            }
+            let plan = plan(&self.active, self.chunk, self.sess.max_batch());
+            let Some(sampled) = self.step(&plan) else {
+                continue;
+            };
+            let finished = self.emit(&plan, &sampled);
+            self.retire(finished);
+            self.rate.update(&self.metrics);
+        }
+    }
+
+    /// Takes queued requests into free slots: waits for one while none is
+    /// active, else takes only those already queued. False when the engine
+    /// is to end: draining with nothing active or queued, or no sender left.
+    fn admit(&mut self) -> bool {
+        while !self.free.is_empty() {
+            let job = if self.active.is_empty() {
+                if self.drain.load(Ordering::SeqCst) {
+                    match self.jobs.try_recv() {
                         Ok(j) => j,
-                        Err(_) => return,
+                        Err(_) => return false,
                     }
                 } else {
-                    match rx.recv_timeout(Duration::from_millis(50)) {
+                    match self.jobs.recv_timeout(Duration::from_millis(50)) {
                         Ok(j) => j,
                         Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Disconnected) => return false,
                     }
                 }
             } else {
-                match rx.try_recv() {
+                match self.jobs.try_recv() {
                     Ok(j) => j,
                     Err(_) => break,
                 }
             };
-            metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
-                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if cancel.load(Ordering::SeqCst) {
+            if self.cancel.load(Ordering::SeqCst) {
                 let _ = job
                     .events
                     .send(Event::Failed("the server is shutting down".into()));
                 continue;
             }
-            let slot = free.pop().expect("a free slot");
-            sess.reset_slot(slot);
-            let mut sampler = Sampler::new(job.sampling, vocab);
-            for &t in &job.prompt {
-                sampler.accept(t);
-            }
-            let stop = StopFilter::new(&job.stop);
-            active.push(Active {
-                job,
-                slot,
-                fed: 0,
-                sampler,
-                next: None,
-                generated: 0,
-                decoder: StreamDecoder::new(),
-                stop,
-            });
+            let slot = self.free.pop().expect("a free slot");
+            self.sess.reset_slot(slot);
+            let vocab = self.sess.model.config.vocab_size;
+            self.active.push(Active::new(job, slot, vocab));
         }
-        // Drop requests whose client left (or all, when cancelling).
-        let cancelling = cancel.load(Ordering::SeqCst);
-        active.retain(|a| {
+        true
+    }
+
+    /// Drops the requests whose client left, or cancels all of them when
+    /// the server cancels; their slots are free again.
+    fn reap(&mut self) {
+        let cancelling = self.cancel.load(Ordering::SeqCst);
+        let (metrics, free) = (&self.metrics, &mut self.free);
+        self.active.retain(|a| {
             let gone = a.job.events.is_closed();
             if gone || cancelling {
                 if gone {
                     metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    let _ = a.job.events.send(a.done("cancelled"));
+                    let _ = a.job.events.send(a.done(FinishReason::Cancelled));
                 }
                 free.push(a.slot);
                 return false;
             }
             true
         });
-        metrics.active_slots.store(active.len(), Ordering::Relaxed);
-        if active.is_empty() {
-            continue;
-        }
+        self.metrics
+            .active_slots
+            .store(self.active.len(), Ordering::Relaxed);
+    }
 
-        // This step's rows: every decoding request's token, then whole
-        // prompt chunks while the batch has room.
-        let mut plan: Vec<(usize, Vec<u32>, bool)> = Vec::new(); // (active index, tokens, wants logits)
-        let mut budget = max_batch;
-        for (i, a) in active.iter().enumerate() {
-            if let Some(t) = a.next {
-                plan.push((i, vec![t], true));
-                budget -= 1;
-            }
-        }
-        for (i, a) in active.iter().enumerate() {
-            if a.next.is_none() && a.fed < a.job.prompt.len() {
-                let n = chunk.min(a.job.prompt.len() - a.fed);
-                if n > budget {
-                    break;
-                }
-                let last = a.fed + n == a.job.prompt.len();
-                plan.push((i, a.job.prompt[a.fed..a.fed + n].to_vec(), last));
-                budget -= n;
-            }
-        }
+    /// Feeds the plan's rows in one batched step and samples the rows
+    /// that want logits: (request, token), in plan order. A failed step
+    /// fails its requests, not the server, and gives `None`.
+    fn step(&mut self, plan: &[Planned]) -> Option<Vec<(usize, u32)>> {
         let segments: Vec<Segment> = plan
             .iter()
-            .map(|(i, t, _)| Segment {
-                slot: active[*i].slot,
-                tokens: t,
+            .map(|p| Segment {
+                slot: self.active[p.request].slot,
+                tokens: &p.tokens,
             })
             .collect();
-        let mut sampled: Vec<(usize, u32)> = Vec::new();
-        let result = sess.forward_segments(&segments, &mut |s, logits| {
-            let (i, _, wants) = plan[s];
-            if wants {
-                sampled.push((i, active[i].sampler.sample(logits)));
+        let mut sampled = Vec::new();
+        let active = &mut self.active;
+        let result = self.sess.forward_segments(&segments, &mut |s, logits| {
+            let p = &plan[s];
+            if p.wants_logits {
+                sampled.push((p.request, active[p.request].sampler.sample(logits)));
             }
         });
-        if let Err(e) = result {
-            // Requests are checked before they are queued; should a step
-            // still fail, its requests fail, not the server.
-            tracing::error!(error = %e, "a batched step failed");
-            for (i, _, _) in &plan {
-                let a = &active[*i];
-                let _ = a.job.events.send(Event::Failed(e.to_string()));
-            }
-            let failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
-            let mut k = 0;
-            active.retain(|a| {
-                let keep = !failed.contains(&k);
-                k += 1;
-                if !keep {
-                    free.push(a.slot);
-                }
-                keep
-            });
-            continue;
-        }
-        for (i, t, _) in &plan {
-            let a = &mut active[*i];
-            if a.next.take().is_none() {
-                a.fed += t.len();
-                metrics.prompt_tokens.fetch_add(t.len(), Ordering::Relaxed);
+        match result {
+            Ok(()) => Some(sampled),
+            Err(e) => {
+                self.fail(plan, &e);
+                None
             }
         }
-        let mut finished: Vec<(usize, &'static str)> = Vec::new();
-        for &(i, t) in &sampled {
-            let a = &mut active[i];
+    }
+
+    /// Requests are checked before they are queued; should a step still
+    /// fail, its requests fail and leave their slots.
+    fn fail(&mut self, plan: &[Planned], e: &crate::Error) {
+        tracing::error!(error = %e, "a batched step failed");
+        for p in plan {
+            let a = &self.active[p.request];
+            let _ = a.job.events.send(Event::Failed(e.to_string()));
+        }
+        let free = &mut self.free;
+        let mut i = 0;
+        self.active.retain(|a| {
+            let keep = !plan.iter().any(|p| p.request == i);
+            i += 1;
+            if !keep {
+                free.push(a.slot);
+            }
+            keep
+        });
+    }
+
+    /// After a step: counts the prompt tokens fed, then takes each sampled
+    /// token: the end of generation finishes its request; other tokens
+    /// go through the decoder and the stop filter to the client, and the
+    /// request finishes at a stop string or its length, or decodes the
+    /// token next step. Gives the finished requests.
+    fn emit(&mut self, plan: &[Planned], sampled: &[(usize, u32)]) -> Vec<(usize, FinishReason)> {
+        for p in plan {
+            if let Phase::Prompt { fed } = &mut self.active[p.request].phase {
+                *fed += p.tokens.len();
+                self.metrics
+                    .prompt_tokens
+                    .fetch_add(p.tokens.len(), Ordering::Relaxed);
+            }
+        }
+        let tok = &self.sess.model.tokenizer;
+        let mut finished = Vec::new();
+        for &(i, t) in sampled {
+            let a = &mut self.active[i];
             if tok.is_end_of_generation(t) {
-                finished.push((i, "stop"));
+                finished.push((i, FinishReason::Stop));
                 continue;
             }
             a.sampler.accept(t);
             a.generated += 1;
-            metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            window.1 += 1;
+            self.metrics
+                .generated_tokens
+                .fetch_add(1, Ordering::Relaxed);
+            self.rate.tokens += 1;
             let piece = a.decoder.push(tok.token_to_bytes(t, false));
             let (text, hit) = a.stop.push(&piece);
             if !text.is_empty() {
                 let _ = a.job.events.send(Event::Text(text));
             }
             if hit {
-                finished.push((i, "stop"));
-            } else if a.generated >= a.job.max_tokens || sess.slot_pos(a.slot) >= sess.ctx() {
-                finished.push((i, "length"));
+                finished.push((i, FinishReason::Stop));
+            } else if a.generated >= a.job.max_tokens
+                || self.sess.slot_pos(a.slot) >= self.sess.ctx()
+            {
+                finished.push((i, FinishReason::Length));
             } else {
-                a.next = Some(t);
+                a.phase = Phase::Decode { next: t };
             }
         }
-        finished.sort_unstable();
+        finished
+    }
+
+    /// Ends the finished requests, the last first so that the others keep
+    /// their indices.
+    fn retire(&mut self, mut finished: Vec<(usize, FinishReason)>) {
+        finished.sort_unstable_by_key(|f| f.0);
         for &(i, finish) in finished.iter().rev() {
-            let mut a = active.remove(i);
-            // (before the client hears of the end, so that what it then
-            // reads from /metrics already counts the slot free)
-            metrics.active_slots.store(active.len(), Ordering::Relaxed);
-            if finish != "stop" || !a.stop.stopped {
-                let tail = a.decoder.finish();
-                let (mut text, _) = a.stop.push(&tail);
-                text.push_str(&a.stop.finish());
-                if !text.is_empty() {
-                    let _ = a.job.events.send(Event::Text(text));
-                }
+            let a = self.active.remove(i);
+            self.finish(a, finish);
+        }
+        self.metrics
+            .active_slots
+            .store(self.active.len(), Ordering::Relaxed);
+    }
+
+    /// A request that left the active ones: sends its held-back text and
+    /// its end, and frees its slot.
+    fn finish(&mut self, mut a: Active, finish: FinishReason) {
+        // (before the client hears of the end, so that what it then
+        // reads from /metrics already counts the slot free)
+        self.metrics
+            .active_slots
+            .store(self.active.len(), Ordering::Relaxed);
+        if finish != FinishReason::Stop || !a.stop.stopped {
+            let tail = a.decoder.finish();
+            let (mut text, _) = a.stop.push(&tail);
+            text.push_str(&a.stop.finish());
+            if !text.is_empty() {
+                let _ = a.job.events.send(Event::Text(text));
             }
-            let _ = a.job.events.send(a.done(finish));
-            metrics.completed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                id = a.job.id,
-                prompt_tokens = a.job.prompt.len(),
-                completion_tokens = a.generated,
-                finish,
-                "request done"
-            );
-            free.push(a.slot);
         }
-        metrics.active_slots.store(active.len(), Ordering::Relaxed);
-        let dt = window.0.elapsed();
-        if dt >= Duration::from_secs(1) {
-            metrics.set_decode_rate(window.1 as f64 / dt.as_secs_f64());
-            window = (Instant::now(), 0);
-        }
+        let _ = a.job.events.send(a.done(finish));
+        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            id = a.job.id,
+            prompt_tokens = a.job.prompt.len(),
+            completion_tokens = a.generated,
+            finish = finish.as_str(),
+            "request done"
+        );
+        self.free.push(a.slot);
     }
 }
 
@@ -483,5 +659,102 @@ mod tests {
         assert_eq!(f.push("!"), (String::new(), true));
         let mut f = StopFilter::new(&[]);
         assert_eq!(f.push("anything"), ("anything".into(), false));
+    }
+
+    /// A request in `phase` with a prompt of `len` tokens (100, 101, ...).
+    fn request(len: usize, phase: Phase) -> Active {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            id: 0,
+            prompt: (100..100 + len as u32).collect(),
+            max_tokens: 8,
+            sampling: SamplerConfig::default(),
+            stop: Vec::new(),
+            events,
+        };
+        Active {
+            phase,
+            ..Active::new(job, 0, 16)
+        }
+    }
+
+    fn row(request: usize, tokens: std::ops::Range<u32>, wants_logits: bool) -> Planned {
+        Planned {
+            request,
+            tokens: tokens.collect(),
+            wants_logits,
+        }
+    }
+
+    #[test]
+    fn plan_puts_decode_rows_first_then_whole_prompt_chunks() {
+        let active = [
+            request(10, Phase::Prompt { fed: 0 }),
+            request(3, Phase::Decode { next: 7 }),
+            request(10, Phase::Prompt { fed: 8 }),
+            request(5, Phase::Decode { next: 9 }),
+        ];
+        // 2 decode rows, a first chunk of 4, the last 2 of a prompt.
+        assert_eq!(
+            plan(&active, 4, 8),
+            [
+                row(1, 7..8, true),
+                row(3, 9..10, true),
+                row(0, 100..104, false),
+                row(2, 108..110, true),
+            ]
+        );
+        // Room for the decode rows only.
+        assert_eq!(
+            plan(&active, 4, 5),
+            [row(1, 7..8, true), row(3, 9..10, true)]
+        );
+        // A prompt that fits in one chunk wants its logits.
+        assert_eq!(
+            plan(&[request(3, Phase::Prompt { fed: 0 })], 4, 8),
+            [row(0, 100..103, true)]
+        );
+        assert_eq!(plan(&[], 4, 8), []);
+    }
+
+    #[test]
+    fn plan_keeps_to_the_batch_and_the_order_requests_came() {
+        let active = [
+            request(4, Phase::Decode { next: 1 }),
+            request(20, Phase::Prompt { fed: 0 }),
+            request(20, Phase::Prompt { fed: 0 }),
+            request(2, Phase::Prompt { fed: 0 }),
+        ];
+        for max_batch in 1..=20 {
+            let p = plan(&active, 8, max_batch);
+            let rows: usize = p.iter().map(|r| r.tokens.len()).sum();
+            assert!(rows <= max_batch, "{max_batch}: {p:?}");
+            assert_eq!(p[0], row(0, 1..2, true));
+            // Whole chunks only, in order: the third request's 2 tokens
+            // never overtake the second's chunk of 8.
+            let want: &[Planned] = match max_batch {
+                1..=8 => &[],
+                9..=16 => &[row(1, 100..108, false)],
+                17..=18 => &[row(1, 100..108, false), row(2, 100..108, false)],
+                _ => &[
+                    row(1, 100..108, false),
+                    row(2, 100..108, false),
+                    row(3, 100..102, true),
+                ],
+            };
+            assert_eq!(&p[1..], want, "{max_batch}");
+        }
+    }
+
+    #[test]
+    fn finish_reasons_are_openais_strings() {
+        for (r, s) in [
+            (FinishReason::Stop, "stop"),
+            (FinishReason::Length, "length"),
+            (FinishReason::Cancelled, "cancelled"),
+        ] {
+            assert_eq!(r.as_str(), s);
+            assert_eq!(serde_json::to_value(r).unwrap(), s);
+        }
     }
 }

@@ -34,14 +34,15 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::chat::{ChatFormat, Message};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::SamplerConfig;
-use api::{ChatRequest, CompletionRequest, Settings};
+use api::{
+    ChatRequest, CompletionRequest, ErrorBody, Health, Kind, ModelList, Reply, Settings, Usage,
+};
 use engine::{Engine, EngineConfig, Event, Job};
 
 /// Settings of `bitnet serve`.
@@ -206,7 +207,7 @@ fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>) ->
         s if s.is_server_error() => "server_error",
         _ => "invalid_request_error",
     };
-    let body = json!({"error": {"message": message.into(), "type": kind, "param": param, "code": Value::Null}});
+    let body = ErrorBody::new(kind, message.into(), param);
     (status, Json(body)).into_response()
 }
 
@@ -239,15 +240,11 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 }
 
 async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Health::OK).into_response()
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    Json(json!({
-        "object": "list",
-        "data": [{"id": st.cfg.model_name, "object": "model", "created": now(), "owned_by": "bitnet-stfma"}]
-    }))
-    .into_response()
+    Json(ModelList::one(&st.cfg.model_name, now())).into_response()
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
@@ -287,12 +284,6 @@ fn parse<T: serde::de::DeserializeOwned>(
             None,
         ))
     })
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Chat,
-    Completion,
 }
 
 async fn chat_completions(
@@ -460,62 +451,11 @@ async fn generate(st: Arc<AppState>, kind: Kind, text: String, s: Settings) -> R
         stream = s.stream,
         "request queued"
     );
-    let reply = Reply {
-        id: match kind {
-            Kind::Chat => format!("chatcmpl-{id}"),
-            Kind::Completion => format!("cmpl-{id}"),
-        },
-        kind,
-        created: now(),
-        model: st.cfg.model_name.clone(),
-    };
+    let reply = Reply::new(kind, id, now(), st.cfg.model_name.clone());
     if s.stream {
         stream(reply, rx).into_response()
     } else {
         whole(reply, rx).await
-    }
-}
-
-/// What every response object of one request carries.
-struct Reply {
-    id: String,
-    kind: Kind,
-    created: u64,
-    model: String,
-}
-
-impl Reply {
-    fn usage(p: usize, c: usize) -> Value {
-        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
-    }
-
-    /// One streamed chunk: `text` (and on the last, the finish reason and usage).
-    fn chunk(&self, text: Option<&str>, first: bool, end: Option<(&str, Value)>) -> Value {
-        let finish = end.as_ref().map(|e| e.0);
-        let choice = match self.kind {
-            Kind::Chat => {
-                let mut delta = serde_json::Map::new();
-                if first {
-                    delta.insert("role".into(), "assistant".into());
-                }
-                if let Some(t) = text {
-                    delta.insert("content".into(), t.into());
-                }
-                json!({"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish})
-            }
-            Kind::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": Value::Null, "finish_reason": finish})
-            }
-        };
-        let object = match self.kind {
-            Kind::Chat => "chat.completion.chunk",
-            Kind::Completion => "text_completion",
-        };
-        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]});
-        if let Some((_, usage)) = end {
-            v["usage"] = usage;
-        }
-        v
     }
 }
 
@@ -531,20 +471,8 @@ async fn whole(reply: Reply, mut rx: mpsc::UnboundedReceiver<Event>) -> Response
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let usage = Reply::usage(prompt_tokens, completion_tokens);
-                let v = match reply.kind {
-                    Kind::Chat => json!({
-                        "id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": Value::Null, "finish_reason": finish}],
-                        "usage": usage,
-                    }),
-                    Kind::Completion => json!({
-                        "id": reply.id, "object": "text_completion", "created": reply.created, "model": reply.model,
-                        "choices": [{"index": 0, "text": text, "logprobs": Value::Null, "finish_reason": finish}],
-                        "usage": usage,
-                    }),
-                };
-                return Json(v).into_response();
+                let usage = Usage::new(prompt_tokens, completion_tokens);
+                return Json(reply.whole(&text, finish, usage)).into_response();
             }
         }
     }
@@ -574,9 +502,9 @@ fn stream(
         let data = match s.state {
             0 => match s.rx.recv().await {
                 Some(Event::Text(t)) => {
-                    let v = s.reply.chunk(Some(&t), s.first, None);
+                    let v = to_json(&s.reply.chunk(Some(&t), s.first, None));
                     s.first = false;
-                    v.to_string()
+                    v
                 }
                 Some(Event::Done {
                     finish,
@@ -584,14 +512,12 @@ fn stream(
                     completion_tokens,
                 }) => {
                     s.state = 1;
-                    let usage = Reply::usage(prompt_tokens, completion_tokens);
-                    s.reply
-                        .chunk(None, s.first, Some((finish, usage)))
-                        .to_string()
+                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    to_json(&s.reply.chunk(None, s.first, Some((finish, usage))))
                 }
                 Some(Event::Failed(m)) => {
                     s.state = 1;
-                    json!({"error": {"message": m, "type": "server_error", "param": Value::Null, "code": Value::Null}}).to_string()
+                    to_json(&ErrorBody::new("server_error", m, None))
                 }
                 None => {
                     s.state = 2;
@@ -607,4 +533,9 @@ fn stream(
         Some((Ok(SseEvent::default().data(data)), s))
     });
     Sse::new(events)
+}
+
+/// A response body as JSON text (an event's data).
+fn to_json(body: &impl serde::Serialize) -> String {
+    serde_json::to_string(body).expect("response bodies serialize")
 }
