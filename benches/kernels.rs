@@ -19,10 +19,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 
-use bitnet_stfma::i2s;
 use bitnet_stfma::kernels::{self, Kernel};
 use bitnet_stfma::matmul::{self, ActBatch};
 use bitnet_stfma::packed::PackedMatrix;
+use bitnet_stfma::quant::i2s;
 use bitnet_stfma::threadpool::ThreadPool;
 
 /// (cols = input dim, rows = output dim), ggml order as in the GGUF.

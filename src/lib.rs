@@ -1,7 +1,7 @@
 //! bitnet-stfma: exact, fast BitNet b1.58 ternary kernels for CPUs.
 //!
-//! - [`i2s`]: the I2_S weight and I8_S activation formats.
-//! - [`quant`]: the other block formats (Q8_0, Q8_K, Q6_K), typed.
+//! - [`quant`]: the weight and activation formats, each defined once: I2_S
+//!   and I8_S ([`quant::i2s`]), Q8_0, Q8_K and Q6_K (typed blocks).
 //! - [`kernels`]: the dot kernels per instruction set behind one dispatcher.
 //! - [`packed`]: the load-time repacked weight layout.
 //! - [`matmul`]: finished `y = W x` over repacked weights.
@@ -18,7 +18,6 @@ pub mod ffi;
 pub mod fuzz;
 #[cfg(feature = "runner")]
 pub mod gguf;
-pub mod i2s;
 pub mod kernels;
 pub mod matmul;
 #[cfg(feature = "runner")]

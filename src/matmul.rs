@@ -2,9 +2,9 @@
 //! computes them: each activation column is quantized to I8_S once, every
 //! output is `(dot - act_sum) / act_scale * w_scale`.
 
-use crate::i2s::{self, ActQuant};
 use crate::kernels::{self, Kernel};
 use crate::packed::{AlignedBytes, PackedMatrix, TILE_ROWS};
+use crate::quant::i2s::{self, ActQuant};
 use crate::threadpool::{DisjointMut, ThreadPool};
 
 /// Activation columns quantized to I8_S, allocated once and reused.
@@ -58,7 +58,7 @@ impl ActBatch {
             .take(cols)
         {
             self.quant
-                .push(i2s::quantize_activations(xc, &mut qc[..self.given]));
+                .push(kernels::quantize_activations(xc, &mut qc[..self.given]));
             qc[self.given..].fill(0);
         }
     }
@@ -305,7 +305,7 @@ mod tests {
         matmul(&m, &acts, &mut out, &ThreadPool::new(2));
         for j in 0..n {
             let mut q = vec![0i8; cols];
-            let quant = i2s::quantize_activations(&x[j * cols..(j + 1) * cols], &mut q);
+            let quant = kernels::quantize_activations(&x[j * cols..(j + 1) * cols], &mut q);
             for r in 0..rows {
                 let dot: i32 = (0..cols)
                     .map(|c| codes[r * cols + c] as i32 * q[c] as i32)

@@ -12,8 +12,8 @@
 //! the C ABI's cache (`ggml_bitnet_stfma_cache_*`) holds one.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels::{self, Kernel};
+use crate::quant::i2s::{self, BLOCK_BYTES, QK_I2_S};
 
 /// Rows per interleaved tile in the repacked layout.
 pub const TILE_ROWS: usize = 4;

@@ -13,8 +13,8 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gguf::{self, Array, GgmlType, Gguf, TensorSpec, Value};
-use crate::i2s;
 use crate::model::Family;
+use crate::quant::i2s;
 
 /// Model dimensions.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ggml_bitnet_stfma_cache_handle;
 use crate::error::{Error, ErrorKind, Result};
-use crate::i2s::QK_I2_S;
+use crate::quant::i2s::QK_I2_S;
 
 thread_local! {
     pub(super) static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };

@@ -8,8 +8,8 @@ use super::ggml_bitnet_stfma_cache_handle;
 use super::guard::{guard, handle_id, slice, to_handle};
 use super::registry::Registry;
 use crate::error::Error;
-use crate::i2s::QK_I2_S;
 use crate::packed::PackedMatrix;
+use crate::quant::i2s::QK_I2_S;
 
 /// Prepares the cache. Optional (every cache function initialises on first
 /// use) and idempotent: a second call does nothing and leaks nothing.

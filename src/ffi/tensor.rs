@@ -9,7 +9,6 @@ use super::guard::{code, guard, handle_id, null, slice, to_handle};
 use super::registry::Registry;
 use super::{ggml_bitnet_stfma_cache_handle, GGML_BITNET_STFMA_OK};
 use crate::error::Error;
-use crate::i2s;
 use crate::kernels;
 use crate::matmul::{self, ActBatch};
 use crate::packed::PackedMatrix;
@@ -36,7 +35,7 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_quantize_activations(
         }
         // SAFETY: by the caller's contract x holds n floats, q room for n.
         let (x, q) = unsafe { (slice(x, n, "x")?, std::slice::from_raw_parts_mut(q, n)) };
-        let a = i2s::quantize_activations(x, q);
+        let a = kernels::quantize_activations(x, q);
         // SAFETY: checked non-NULL above.
         unsafe {
             *act_scale = a.scale;

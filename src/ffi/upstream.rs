@@ -6,8 +6,8 @@ use std::ffi::{c_int, c_void};
 
 use super::guard::{check_n, guard, null, slice};
 use crate::error::{Error, Result};
-use crate::i2s::{self, BLOCK_BYTES, QK_I2_S};
 use crate::kernels;
+use crate::quant::i2s::{self, BLOCK_BYTES, QK_I2_S};
 
 /// The shared body of `ggml_vec_dot_i2_i8_s` and `ggml_vec_dot_i2_i8_stfma`.
 ///

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::quant::i2s;
+
 /// Tensor element types this crate knows the size of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
@@ -67,10 +69,10 @@ impl GgmlType {
             30 => BF16,
             34 => TQ1_0,
             35 => TQ2_0,
-            36 => I2S,
-            37 => I8S,
-            38 => TL1,
-            39 => TL2,
+            i2s::GGML_TYPE_I2_S => I2S,
+            i2s::GGML_TYPE_I8_S => I8S,
+            i2s::GGML_TYPE_TL1 => TL1,
+            i2s::GGML_TYPE_TL2 => TL2,
             _ => return None,
         })
     }
@@ -100,10 +102,10 @@ impl GgmlType {
             BF16 => 30,
             TQ1_0 => 34,
             TQ2_0 => 35,
-            I2S => 36,
-            I8S => 37,
-            TL1 => 38,
-            TL2 => 39,
+            I2S => i2s::GGML_TYPE_I2_S,
+            I8S => i2s::GGML_TYPE_I8_S,
+            TL1 => i2s::GGML_TYPE_TL1,
+            TL2 => i2s::GGML_TYPE_TL2,
         }
     }
 

@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
-use crate::i2s::{BLOCK_BYTES, QK_I2_S};
+use crate::quant::i2s::{ActQuant, BLOCK_BYTES, QK_I2_S};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -411,9 +411,17 @@ pub unsafe fn dot_4acts_raw(
     }
 }
 
-/// bitnet.cpp's activation quantization of one row (see
-/// [`crate::i2s::quantize_activations`]) with kernel `k`: returns the scale
-/// and `Σ q`. Every kernel gives bit-identical results.
+/// bitnet.cpp's `quantize_row_i8_s` of one row with the active kernel:
+/// `scale = 127 / max(1e-5, max|x|)` (computed in f64, stored as f32),
+/// `q = round_half_even(x * scale)` in f32, clamped to [-128, 127]. NaN
+/// inputs are ignored by the maximum and give 0.
+pub fn quantize_activations(x: &[f32], q: &mut [i8]) -> ActQuant {
+    let (scale, sum) = quantize_activations_with(active(), x, q);
+    ActQuant { scale, sum }
+}
+
+/// [`quantize_activations`] with kernel `k`: returns the scale and `Σ q`.
+/// Every kernel gives bit-identical results.
 pub fn quantize_activations_with(k: Kernel, x: &[f32], q: &mut [i8]) -> (f32, i32) {
     assert_eq!(x.len(), q.len(), "quantize_activations: size mismatch");
     let max = match supported_or_scalar(k) {
@@ -798,7 +806,7 @@ pub unsafe fn tile_raw<const N: usize>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::i2s::{golden_activation, golden_code, pack_codes};
+    use crate::quant::i2s::{golden_activation, golden_code, pack_codes};
 
     /// A small deterministic generator (xorshift) for test data.
     pub(crate) struct Rng(u64);
@@ -825,7 +833,7 @@ pub(crate) mod tests {
 
     fn exact(packed: &[u8], y: &[i8]) -> i32 {
         (0..y.len())
-            .map(|e| crate::i2s::code_at(packed, e) as i32 * y[e] as i32)
+            .map(|e| crate::quant::i2s::code_at(packed, e) as i32 * y[e] as i32)
             .sum()
     }
 
@@ -1497,5 +1505,33 @@ pub(crate) mod tests {
     #[should_panic(expected = "needed")]
     fn dot_rejects_short_rows() {
         dot(&[0; 32], 32, &[0; 256]);
+    }
+
+    /// bitnet.cpp's `quantize_row_i8_s` with the active kernel: ties to
+    /// even, the 1e-5 floor, NaN ignored.
+    #[test]
+    fn activation_quantization() {
+        let x = [1.0f32, -2.0, 0.5, 0.0, 2.0 * 0.5 / 127.0 * 127.0];
+        let mut q = [0i8; 5];
+        let a = quantize_activations(&x, &mut q);
+        assert_eq!(a.scale, 63.5);
+        // 0.5 * 63.5 = 31.75 -> 32; 1.0 * 63.5 = 63.5 -> 64 (ties to even)
+        assert_eq!(q, [64, -127, 32, 0, 64]);
+        assert_eq!(a.sum, 64 - 127 + 32 + 64);
+        // ties to even: 2.5 -> 2, 3.5 -> 4
+        let x = [2.5f32 / 127.0 * 127.0, 127.0, 3.5, -2.5];
+        let mut q = [0i8; 4];
+        let a = quantize_activations(&x, &mut q);
+        assert_eq!(a.scale, 1.0);
+        assert_eq!(q, [2, 127, 4, -2]);
+        // all zero: scale from the 1e-5 floor
+        let mut q = [1i8; 3];
+        let a = quantize_activations(&[0.0; 3], &mut q);
+        assert_eq!(a.scale, (127.0f64 / 0.00001) as f32);
+        assert_eq!((q, a.sum), ([0; 3], 0));
+        // NaN does not poison the row
+        let mut q = [0i8; 2];
+        let a = quantize_activations(&[f32::NAN, 1.0], &mut q);
+        assert_eq!((q, a.scale), ([0, 127], 127.0));
     }
 }

@@ -4,7 +4,7 @@
 
 use half::f16;
 
-use crate::i2s::{BLOCK_BYTES, QK_I2_S};
+use crate::quant::i2s::{BLOCK_BYTES, QK_I2_S};
 use crate::quant::q6k::BlockQ6K;
 use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8k::QK_K;

@@ -11,8 +11,10 @@
 //! - [`q6k`]: Q6_K, 256 six-bit values with 16 int8 group scales and an
 //!   f16 super-scale (a head type; `--q6k-head` makes one at load).
 //!
-//! The ternary I2_S format and its I8_S activations are in [`crate::i2s`].
+//! - [`i2s`]: bitnet.cpp's ternary I2_S weights (2-bit codes in 32-byte
+//!   blocks of 128, one f32 scale per tensor) and its I8_S activations.
 
+pub mod i2s;
 pub mod q6k;
 pub mod q8_0;
 pub mod q8k;

@@ -178,19 +178,13 @@ pub fn read_scale(tensor: &[u8], n_weights: usize) -> Result<f32> {
     Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
-/// An activation row quantized to I8_S: `x ≈ q / scale`, `sum = Σ q`.
+/// An activation row quantized to I8_S: `x ≈ q / scale`, `sum = Σ q`
+/// (bitnet.cpp's `quantize_row_i8_s`, computed by
+/// `crate::kernels::quantize_activations`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActQuant {
     pub scale: f32,
     pub sum: i32,
-}
-
-/// bitnet.cpp's `quantize_row_i8_s`: `scale = 127 / max(1e-5, max|x|)`
-/// (computed in f64, stored as f32), `q = round_half_even(x * scale)` in f32,
-/// clamped to [-128, 127]. NaN inputs are ignored by the maximum and give 0.
-pub fn quantize_activations(x: &[f32], q: &mut [i8]) -> ActQuant {
-    let (scale, sum) = crate::kernels::quantize_activations_with(crate::kernels::active(), x, q);
-    ActQuant { scale, sum }
 }
 
 /// Turns a raw kernel sum into a finished output, as ggml does:
@@ -290,31 +284,5 @@ mod tests {
         assert_eq!(dst[n / 4 + 32], 0xEE, "wrote past the returned size");
         assert!(quantize_i2_s(&w, 2, 100, &mut dst).is_err());
         assert!(quantize_i2_s(&w, 2, 128, &mut [0; 10]).is_err());
-    }
-
-    #[test]
-    fn activation_quantization() {
-        let x = [1.0f32, -2.0, 0.5, 0.0, 2.0 * 0.5 / 127.0 * 127.0];
-        let mut q = [0i8; 5];
-        let a = quantize_activations(&x, &mut q);
-        assert_eq!(a.scale, 63.5);
-        // 0.5 * 63.5 = 31.75 -> 32; 1.0 * 63.5 = 63.5 -> 64 (ties to even)
-        assert_eq!(q, [64, -127, 32, 0, 64]);
-        assert_eq!(a.sum, 64 - 127 + 32 + 64);
-        // ties to even: 2.5 -> 2, 3.5 -> 4
-        let x = [2.5f32 / 127.0 * 127.0, 127.0, 3.5, -2.5];
-        let mut q = [0i8; 4];
-        let a = quantize_activations(&x, &mut q);
-        assert_eq!(a.scale, 1.0);
-        assert_eq!(q, [2, 127, 4, -2]);
-        // all zero: scale from the 1e-5 floor
-        let mut q = [1i8; 3];
-        let a = quantize_activations(&[0.0; 3], &mut q);
-        assert_eq!(a.scale, (127.0f64 / 0.00001) as f32);
-        assert_eq!((q, a.sum), ([0; 3], 0));
-        // NaN does not poison the row
-        let mut q = [0i8; 2];
-        let a = quantize_activations(&[f32::NAN, 1.0], &mut q);
-        assert_eq!((q, a.scale), ([0, 127], 127.0));
     }
 }
