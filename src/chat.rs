@@ -141,8 +141,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats() {
+    fn bitnet_is_the_default() {
         assert_eq!(ChatFormat::detect(None, None), ChatFormat::Bitnet);
+    }
+
+    #[test]
+    fn bitnet_turns() {
         assert_eq!(
             ChatFormat::Bitnet.user_turn(Some("Be brief."), "Hi"),
             "System: Be brief.User: Hi<|eot_id|>Assistant: "
@@ -151,6 +155,10 @@ mod tests {
             ChatFormat::Bitnet.user_turn(None, "Hi"),
             "User: Hi<|eot_id|>Assistant: "
         );
+    }
+
+    #[test]
+    fn llama3_is_known_by_its_template() {
         let t =
             "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{% endfor %}";
         assert_eq!(
@@ -160,6 +168,10 @@ mod tests {
         assert!(ChatFormat::Llama3
             .user_turn(None, "Hi")
             .ends_with("assistant<|end_header_id|>\n\n"));
+    }
+
+    #[test]
+    fn falcon3_is_known_by_its_template() {
         // Falcon3's template, as in its tokenizer_config (abridged).
         let f3 = "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}";
         assert_eq!(
@@ -174,6 +186,10 @@ mod tests {
             ChatFormat::Falcon3.end_of_turn("<|endoftext|>"),
             "<|endoftext|>\n"
         );
+    }
+
+    #[test]
+    fn falcon_e_is_known_by_its_pre_tokenizer_or_template() {
         assert_eq!(
             ChatFormat::detect(None, Some("falcon_e")),
             ChatFormat::FalconE
@@ -186,7 +202,11 @@ mod tests {
             ChatFormat::FalconE.user_turn(None, "Hi"),
             "userHi\nassistant\n"
         );
-        // A conversation: the reply is closed as the model closes it.
+    }
+
+    /// A conversation: the reply is closed as the model closes it.
+    #[test]
+    fn a_conversation_closes_each_reply() {
         let conv = [
             Message::new("system", "S"),
             Message::new("user", "Hi"),

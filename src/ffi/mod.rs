@@ -88,48 +88,67 @@ mod tests {
             .into_owned()
     }
 
-    #[test]
-    fn errors_are_reported_not_crashed() {
-        let mut s = [0f32; 4];
-        let w = [0u8; 32];
-        let y = [0i8; 128];
-        // SAFETY: deliberately bad arguments; the function must reject them.
-        unsafe {
-            ggml_vec_dot_i2_i8_stfma(
-                100,
-                s.as_mut_ptr(),
-                1,
-                w.as_ptr().cast(),
-                0,
-                y.as_ptr().cast(),
-                0,
-                1,
+    /// Bad arguments are reported (through the return value or NaN, and
+    /// `ggml_bitnet_stfma_last_error`), not crashed on: one test per kind.
+    mod errors_are_reported_not_crashed {
+        use super::*;
+
+        /// `ggml_vec_dot_i2_i8_stfma` of `n` over zero weights and
+        /// activations, into the first of four floats.
+        fn dot_of_zeros(n: c_int) -> f32 {
+            let mut s = [0f32; 4];
+            let w = [0u8; 32];
+            let y = [0i8; 128];
+            // SAFETY: w and y hold what n = 128 reads; a bad n must be
+            // rejected before anything is read.
+            unsafe {
+                ggml_vec_dot_i2_i8_stfma(
+                    n,
+                    s.as_mut_ptr(),
+                    1,
+                    w.as_ptr().cast(),
+                    0,
+                    y.as_ptr().cast(),
+                    0,
+                    1,
+                );
+            }
+            s[0]
+        }
+
+        #[test]
+        fn a_dot_of_a_partial_block() {
+            assert!(dot_of_zeros(100).is_nan());
+            assert!(last_error().contains("multiple of 128"), "{}", last_error());
+        }
+
+        /// A good call after a bad one clears the error.
+        #[test]
+        fn a_good_call_clears_the_error() {
+            dot_of_zeros(100);
+            let s = dot_of_zeros(128);
+            assert_eq!((s, last_error().as_str()), (0.0, ""));
+        }
+
+        #[test]
+        fn freeing_null() {
+            ggml_bitnet_stfma_free_cached_weights(std::ptr::null_mut());
+            assert!(last_error().contains("NULL"));
+        }
+
+        #[test]
+        fn freeing_a_handle_that_is_not_live() {
+            ggml_bitnet_stfma_free_cached_weights(0x1234 as ggml_bitnet_stfma_cache_handle);
+            assert!(last_error().contains("not live"));
+        }
+
+        #[test]
+        fn an_unknown_kernel_name() {
+            // SAFETY: a valid NUL-terminated name.
+            assert_eq!(
+                unsafe { ggml_bitnet_stfma_set_kernel(c"nonsense".as_ptr()) },
+                GGML_BITNET_STFMA_ERR_INVALID
             );
         }
-        assert!(s[0].is_nan());
-        assert!(last_error().contains("multiple of 128"), "{}", last_error());
-        // SAFETY: valid arguments.
-        unsafe {
-            ggml_vec_dot_i2_i8_stfma(
-                128,
-                s.as_mut_ptr(),
-                1,
-                w.as_ptr().cast(),
-                0,
-                y.as_ptr().cast(),
-                0,
-                1,
-            );
-        }
-        assert_eq!((s[0], last_error().as_str()), (0.0, ""));
-        ggml_bitnet_stfma_free_cached_weights(std::ptr::null_mut());
-        assert!(last_error().contains("NULL"));
-        ggml_bitnet_stfma_free_cached_weights(0x1234 as ggml_bitnet_stfma_cache_handle);
-        assert!(last_error().contains("not live"));
-        // SAFETY: NULL name means auto.
-        assert_eq!(
-            unsafe { ggml_bitnet_stfma_set_kernel(c"nonsense".as_ptr()) },
-            GGML_BITNET_STFMA_ERR_INVALID
-        );
     }
 }

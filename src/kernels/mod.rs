@@ -1124,21 +1124,44 @@ pub(crate) mod tests {
         assert!(sc[2] != 0.0 && sc[7] != 0.0);
     }
 
-    /// Every float table this CPU runs against the scalar one.
-    #[test]
-    fn float_kernels_match_scalar() {
+    /// Runs `check(name, table, scalar)` for every float table this CPU runs
+    /// (the scalar one too, against itself).
+    fn for_each_float_table(check: impl Fn(&str, &FloatKernels, &FloatKernels)) {
         let s = float_kernels(Kernel::Scalar);
         for k in Kernel::supported() {
-            let t = float_kernels(k);
-            let name = k.name();
-            for n in [1usize, 7, 8, 31, 32, 100, 2560] {
-                let w = f16_row(n, |i| (i as f32 * 0.37).sin());
-                let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            check(k.name(), float_kernels(k), s);
+        }
+    }
+
+    /// The row lengths of the f16 and i8 dot and axpy checks.
+    const FLOAT_ROW_LENGTHS: [usize; 7] = [1, 7, 8, 31, 32, 100, 2560];
+
+    /// An f16 row of `n` and an f32 vector of `n` for the dot and axpy checks.
+    fn f16_row_and_vector(n: usize) -> (Vec<u8>, Vec<f32>) {
+        let w = f16_row(n, |i| (i as f32 * 0.37).sin());
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        (w, x)
+    }
+
+    #[test]
+    fn float_dot_f16_matches_scalar() {
+        for_each_float_table(|name, t, s| {
+            for n in FLOAT_ROW_LENGTHS {
+                let (w, x) = f16_row_and_vector(n);
                 assert!(
                     close((t.dot_f16)(&w, &x), (s.dot_f16)(&w, &x), 1e-4),
                     "{name} dot_f16 n={n}"
                 );
-                // The pair form is bit-identical to the single one, per table.
+            }
+        });
+    }
+
+    /// The pair form is bit-identical to the single one, per table.
+    #[test]
+    fn float_dot_f16_pair_is_two_single_dots() {
+        for_each_float_table(|name, t, _| {
+            for n in FLOAT_ROW_LENGTHS {
+                let (w, x) = f16_row_and_vector(n);
                 let x1: Vec<f32> = x.iter().map(|v| v * -0.7 + 0.1).collect();
                 let (p0, p1) = (t.dot_f16_pair)(&w, &x, &x1);
                 assert_eq!(
@@ -1149,7 +1172,16 @@ pub(crate) mod tests {
                     ),
                     "{name} dot_f16_pair n={n}"
                 );
-                // So is the several-vectors form, 1 to 8 at once.
+            }
+        });
+    }
+
+    /// So is the several-vectors form, 1 to 8 at once.
+    #[test]
+    fn float_dot_f16_cols_is_one_single_dot_per_column() {
+        for_each_float_table(|name, t, _| {
+            for n in FLOAT_ROW_LENGTHS {
+                let (w, x) = f16_row_and_vector(n);
                 if let Some(cols) = t.dot_f16_cols.filter(|_| n % 32 == 0) {
                     for c in 1..=8usize {
                         let xs: Vec<f32> = (0..c)
@@ -1170,6 +1202,15 @@ pub(crate) mod tests {
                         }
                     }
                 }
+            }
+        });
+    }
+
+    #[test]
+    fn float_axpy_f16_matches_scalar() {
+        for_each_float_table(|name, t, s| {
+            for n in FLOAT_ROW_LENGTHS {
+                let (w, x) = f16_row_and_vector(n);
                 let (mut a, mut b) = (x.clone(), x.clone());
                 (t.axpy_f16)(0.7, &w, &mut a);
                 (s.axpy_f16)(0.7, &w, &mut b);
@@ -1177,6 +1218,14 @@ pub(crate) mod tests {
                     a.iter().zip(&b).all(|(p, q)| close(*p, *q, 1e-6)),
                     "{name} axpy n={n}"
                 );
+            }
+        });
+    }
+
+    #[test]
+    fn float_dot_i8_matches_scalar() {
+        for_each_float_table(|name, t, s| {
+            for n in FLOAT_ROW_LENGTHS {
                 let qa: Vec<i8> = (0..n)
                     .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
                     .collect();
@@ -1189,8 +1238,14 @@ pub(crate) mod tests {
                     "{name} dot_i8 n={n}"
                 );
             }
-            // Q8_0 rows (weights -128..=127, scales of both signs) against
-            // Q8_0 activations: the scalar twin, and its definition in f64.
+        });
+    }
+
+    /// Q8_0 rows (weights -128..=127, scales of both signs) against Q8_0
+    /// activations: the scalar twin, and its definition in f64.
+    #[test]
+    fn float_dot_q8_0_matches_scalar_and_its_definition() {
+        for_each_float_table(|name, t, s| {
             for blocks in [1usize, 3, 80] {
                 let row: Vec<u8> = (0..blocks)
                     .flat_map(|b| {
@@ -1221,7 +1276,13 @@ pub(crate) mod tests {
                     "{name} dot_q8_0 blocks={blocks}: {got} {sc} {want}"
                 );
             }
-            // Special f16 values convert exactly (NaN compares as NaN).
+        });
+    }
+
+    /// Special f16 values convert exactly (NaN compares as NaN).
+    #[test]
+    fn float_f16_specials_convert_exactly() {
+        for_each_float_table(|name, t, _| {
             let specials = [
                 0.0f32,
                 -0.0,
@@ -1244,6 +1305,12 @@ pub(crate) mod tests {
                     "{name} f16 special {want}"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn float_dot_f16_group_matches_scalar() {
+        for_each_float_table(|name, t, s| {
             for (hd, g) in [(128usize, 4usize), (64, 1), (40, 3), (128, 8)] {
                 let kr = f16_row(hd, |i| (i as f32 * 0.3).cos());
                 let qs: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.07).sin()).collect();
@@ -1260,6 +1327,12 @@ pub(crate) mod tests {
                     "{name} group hd={hd} g={g}"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn float_weighted_sum_matches_scalar() {
+        for_each_float_table(|name, t, s| {
             for (g, hd, n) in [
                 (4usize, 128usize, 37usize),
                 (1, 64, 1),
@@ -1284,9 +1357,15 @@ pub(crate) mod tests {
                     "{name} weighted g={g} hd={hd} n={n}"
                 );
             }
-            // Scores: every group size, positions not a multiple of the
-            // kernels' position blocks, rows longer than a key (strided),
-            // head sizes of the 16-lane, 8-lane and scalar paths.
+        });
+    }
+
+    /// Scores: every group size, positions not a multiple of the kernels'
+    /// position blocks, rows longer than a key (strided), head sizes of the
+    /// 16-lane, 8-lane and scalar paths.
+    #[test]
+    fn float_attn_scores_match_scalar() {
+        for_each_float_table(|name, t, s| {
             for (g, hd, n) in [
                 (4usize, 128usize, 37usize),
                 (1, 64, 1),
@@ -1321,6 +1400,12 @@ pub(crate) mod tests {
                     }
                 }
             }
+        });
+    }
+
+    #[test]
+    fn float_softmax_round_f16_matches_scalar() {
+        for_each_float_table(|name, t, s| {
             for n in [1usize, 5, 8, 100, 2049] {
                 let x: Vec<f32> = (0..n)
                     .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
@@ -1337,7 +1422,7 @@ pub(crate) mod tests {
                 );
                 assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 2e-3);
             }
-        }
+        });
     }
 
     /// Head sizes that are not whole vectors (bitnet_b1_58-3B's 100) take

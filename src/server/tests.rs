@@ -140,17 +140,31 @@ fn cfg() -> ServeConfig {
     }
 }
 
-#[test]
-fn completions_and_chat_whole_and_streamed() {
-    let Some(srv) = Running::start(cfg()) else {
+/// A server on `cfg`, or None (and a SKIPPED line) without the fixtures.
+fn start(cfg: ServeConfig) -> Option<Running> {
+    let srv = Running::start(cfg);
+    if srv.is_none() {
         eprintln!("SKIPPED server tests: ../shared/testdata not found");
-        return;
-    };
-    let prompt = "The capital of France is";
-    let want = greedy_text(prompt, 12);
+    }
+    srv
+}
+
+const CAPITAL: &str = "The capital of France is";
+
+/// The chat request of the chat tests: a system message and a user message
+/// in parts, 6 greedy tokens.
+fn chat_request() -> Value {
+    json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 6, "temperature": 0})
+}
+
+/// A whole completion is the session's greedy text, with its usage.
+#[test]
+fn completion_whole() {
+    let Some(srv) = start(cfg()) else { return };
+    let want = greedy_text(CAPITAL, 12);
     let (st, v) = srv.post(
         "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "some_new_field": [1, 2]}),
+        &json!({"prompt": CAPITAL, "max_tokens": 12, "temperature": 0, "some_new_field": [1, 2]}),
     );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
@@ -159,10 +173,18 @@ fn completions_and_chat_whole_and_streamed() {
     assert_eq!(v["usage"]["completion_tokens"], 12);
     assert_eq!(v["usage"]["prompt_tokens"], 6);
     assert_eq!(v["usage"]["total_tokens"], 18);
+    srv.shutdown();
+}
 
+/// A streamed completion's pieces make the greedy text; the last event has
+/// the finish reason and the usage.
+#[test]
+fn completion_streamed() {
+    let Some(srv) = start(cfg()) else { return };
+    let want = greedy_text(CAPITAL, 12);
     let events = srv.stream(
         "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "stream": true}),
+        &json!({"prompt": CAPITAL, "max_tokens": 12, "temperature": 0, "stream": true}),
     );
     let text: String = events
         .iter()
@@ -172,19 +194,36 @@ fn completions_and_chat_whole_and_streamed() {
     let last = events.last().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert_eq!(last["usage"]["completion_tokens"], 12);
+    srv.shutdown();
+}
 
-    let chat = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 6, "temperature": 0});
-    let (st, v) = srv.post("/v1/chat/completions", &chat);
+/// A whole chat completion: the chat template of the model (bitnet's)
+/// wrapped the messages.
+#[test]
+fn chat_whole() {
+    let Some(srv) = start(cfg()) else { return };
+    let (st, v) = srv.post("/v1/chat/completions", &chat_request());
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let whole = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let rendered = "System: Be brief.User: Hi<|eot_id|>Assistant: ";
+    assert_eq!(whole, greedy_text(rendered, 6));
+    srv.shutdown();
+}
+
+/// A streamed chat completion: the role first, chunks that make the whole
+/// reply, the usage last.
+#[test]
+fn chat_streamed() {
+    let Some(srv) = start(cfg()) else { return };
+    let chat = chat_request();
+    let (st, v) = srv.post("/v1/chat/completions", &chat);
+    assert_eq!(st, 200, "{v}");
     let whole = v["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()
         .to_string();
-    // The chat template of the model (bitnet's) wrapped the messages.
-    let rendered = "System: Be brief.User: Hi<|eot_id|>Assistant: ";
-    assert_eq!(whole, greedy_text(rendered, 6));
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
     let events = srv.stream("/v1/chat/completions", &streamed);
@@ -201,17 +240,28 @@ fn completions_and_chat_whole_and_streamed() {
             .unwrap()
             > 5
     );
+    srv.shutdown();
+}
 
+#[test]
+fn models_lists_the_model() {
+    let Some(srv) = start(cfg()) else { return };
     let models = ureq::get(&format!("{}/v1/models", srv.url)).call().unwrap();
     let models: Value = models.into_json().unwrap();
     assert_eq!(models["data"][0]["id"], "bitnet");
+    srv.shutdown();
+}
 
-    // A stop string ends the text before it, with finish_reason "stop".
+/// A stop string ends the text before it, with finish_reason "stop".
+#[test]
+fn a_stop_string_ends_the_text_before_it() {
+    let Some(srv) = start(cfg()) else { return };
+    let want = greedy_text(CAPITAL, 12);
     let cut = want.char_indices().nth(want.chars().count() / 2).unwrap().0;
     let stop = &want[cut..cut + want[cut..].chars().next().unwrap().len_utf8()];
     let (_, v) = srv.post(
         "/v1/completions",
-        &json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [stop]}),
+        &json!({"prompt": CAPITAL, "max_tokens": 12, "temperature": 0, "stop": [stop]}),
     );
     let got = v["choices"][0]["text"].as_str().unwrap();
     assert_eq!(got, &want[..want.find(stop).unwrap()]);
@@ -264,18 +314,27 @@ fn batched_requests_get_the_tokens_they_get_alone() {
     srv.shutdown();
 }
 
-#[test]
-fn bad_requests_get_openai_errors() {
-    let Some(srv) = Running::start(ServeConfig {
-        api_key: Some("sekret".into()),
-        body_limit: 4096,
-        ..cfg()
-    }) else {
-        return;
-    };
-    let key = Some("sekret");
-    let ok = r#"{"prompt": "Hi", "max_tokens": 2}"#;
-    let check = |body: &str, key: Option<&str>, status: u16, needle: &str| {
+/// Requests a server refuses, each with its status and an OpenAI error
+/// object that says why.
+mod bad_requests {
+    use super::*;
+
+    const KEY: Option<&str> = Some("sekret");
+    const OK: &str = r#"{"prompt": "Hi", "max_tokens": 2}"#;
+
+    /// A server with an API key and a body limit of 4096 bytes.
+    fn keyed() -> Option<Running> {
+        start(ServeConfig {
+            api_key: Some("sekret".into()),
+            body_limit: 4096,
+            ..cfg()
+        })
+    }
+
+    /// Posts `body` to /v1/completions with `key`: the status is `status`,
+    /// and an error's message contains `needle`.
+    #[track_caller]
+    fn check(srv: &Running, body: &str, key: Option<&str>, status: u16, needle: &str) {
         let (st, v) = srv.post_raw("/v1/completions", body, key);
         assert_eq!(st, status, "{body}: {v}");
         if status != 200 {
@@ -283,61 +342,160 @@ fn bad_requests_get_openai_errors() {
             assert!(m.contains(needle), "{body}: {v}");
             assert!(v["error"]["type"].is_string());
         }
-    };
-    check(ok, key, 200, "");
-    check(ok, None, 401, "API key");
-    check(ok, Some("wrong"), 401, "API key");
-    check("{not json", key, 400, "invalid request body");
-    check(
-        r#"{"prompt": "Hi", "max_tokens": "2"}"#,
-        key,
-        400,
-        "invalid type",
-    );
-    check(
-        r#"{"prompt": "Hi", "temperature": 7}"#,
-        key,
-        400,
-        "temperature",
-    );
-    check(
-        r#"{"prompt": "Hi", "max_tokens": 0}"#,
-        key,
-        400,
-        "max_tokens",
-    );
-    check(
-        r#"{"prompt": "Hi", "max_tokens": 100000}"#,
-        key,
-        400,
-        "max_tokens",
-    );
-    check(r#"{"prompt": "Hi", "n": 3}"#, key, 400, "n = 3");
-    check(r#"{"max_tokens": 3}"#, key, 400, "prompt");
-    let long = format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(600));
-    check(&long, key, 400, "context");
-    let huge = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(5000));
-    let (st, _) = srv.post_raw("/v1/completions", &huge, key);
-    assert_eq!(st, 413, "a body over the limit");
-    let (st, v) = srv.post_raw(
-        "/v1/chat/completions",
-        r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
-        key,
-    );
-    assert_eq!(st, 400, "{v}");
-    let (st, _) = srv.post_raw("/v1/chat/completions", r#"{"messages": []}"#, key);
-    assert_eq!(st, 400);
-    let (st, _) = srv.post_raw("/v1/nothing", "{}", key);
-    assert_eq!(st, 404);
-    // /health needs no key.
-    assert_eq!(
-        ureq::get(&format!("{}/health", srv.url))
-            .call()
-            .unwrap()
-            .status(),
-        200
-    );
-    srv.shutdown();
+    }
+
+    #[test]
+    fn the_right_key_is_served() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, OK, KEY, 200, "");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn no_key_is_401() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, OK, None, 401, "API key");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_wrong_key_is_401() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, OK, Some("wrong"), 401, "API key");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_body_that_is_not_json() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, "{not json", KEY, 400, "invalid request body");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type() {
+        let Some(srv) = keyed() else { return };
+        check(
+            &srv,
+            r#"{"prompt": "Hi", "max_tokens": "2"}"#,
+            KEY,
+            400,
+            "invalid type",
+        );
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_temperature_out_of_range() {
+        let Some(srv) = keyed() else { return };
+        check(
+            &srv,
+            r#"{"prompt": "Hi", "temperature": 7}"#,
+            KEY,
+            400,
+            "temperature",
+        );
+        srv.shutdown();
+    }
+
+    #[test]
+    fn max_tokens_of_zero() {
+        let Some(srv) = keyed() else { return };
+        check(
+            &srv,
+            r#"{"prompt": "Hi", "max_tokens": 0}"#,
+            KEY,
+            400,
+            "max_tokens",
+        );
+        srv.shutdown();
+    }
+
+    #[test]
+    fn max_tokens_beyond_the_context() {
+        let Some(srv) = keyed() else { return };
+        check(
+            &srv,
+            r#"{"prompt": "Hi", "max_tokens": 100000}"#,
+            KEY,
+            400,
+            "max_tokens",
+        );
+        srv.shutdown();
+    }
+
+    #[test]
+    fn more_than_one_choice() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, r#"{"prompt": "Hi", "n": 3}"#, KEY, 400, "n = 3");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn no_prompt() {
+        let Some(srv) = keyed() else { return };
+        check(&srv, r#"{"max_tokens": 3}"#, KEY, 400, "prompt");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_context() {
+        let Some(srv) = keyed() else { return };
+        let long = format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(600));
+        check(&srv, &long, KEY, 400, "context");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_413() {
+        let Some(srv) = keyed() else { return };
+        let huge = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(5000));
+        let (st, _) = srv.post_raw("/v1/completions", &huge, KEY);
+        assert_eq!(st, 413, "a body over the limit");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_chat_message_of_an_unknown_role() {
+        let Some(srv) = keyed() else { return };
+        let (st, v) = srv.post_raw(
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
+            KEY,
+        );
+        assert_eq!(st, 400, "{v}");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn a_chat_without_messages() {
+        let Some(srv) = keyed() else { return };
+        let (st, _) = srv.post_raw("/v1/chat/completions", r#"{"messages": []}"#, KEY);
+        assert_eq!(st, 400);
+        srv.shutdown();
+    }
+
+    #[test]
+    fn an_unknown_path_is_404() {
+        let Some(srv) = keyed() else { return };
+        let (st, _) = srv.post_raw("/v1/nothing", "{}", KEY);
+        assert_eq!(st, 404);
+        srv.shutdown();
+    }
+
+    /// /health needs no key.
+    #[test]
+    fn health_needs_no_key() {
+        let Some(srv) = keyed() else { return };
+        assert_eq!(
+            ureq::get(&format!("{}/health", srv.url))
+                .call()
+                .unwrap()
+                .status(),
+            200
+        );
+        srv.shutdown();
+    }
 }
 
 /// One slot, one queue place: a third concurrent request gets 503 with

@@ -12,8 +12,10 @@ use bitnet_stfma::model::{Model, Session, Timings};
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
+use crate::args::HeadArgs;
+use crate::common::{shape_by_name, warn_threads, Progress};
+use crate::error::{model_err, CliResult};
 use crate::output::outln;
-use crate::{model_err, warn_threads, CliResult, HeadArgs, Progress};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -127,7 +129,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let path = match &a.model {
         Some(p) => p.clone(),
         None => {
-            let shape = crate::shape_by_name(&a.shape)?;
+            let shape = shape_by_name(&a.shape)?;
             let dir = cache_dir(&a);
             let path = dir.join(format!(
                 "synthetic-{}-v2.gguf",

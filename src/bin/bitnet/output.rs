@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use crate::{CliError, CliResult};
+use crate::error::{CliError, CliResult};
 
 /// Writes formatted text to stdout and flushes it (so streamed text and
 /// progress appear at once); `?` it like any other fallible step.

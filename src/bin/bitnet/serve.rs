@@ -13,8 +13,10 @@ use bitnet_stfma::server::{self, ServeConfig};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::args::HeadArgs;
+use crate::common::warn_threads;
+use crate::error::{model_err, CliError, CliResult};
 use crate::output::outln;
-use crate::{model_err, warn_threads, CliError, CliResult, HeadArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {

@@ -1,0 +1,959 @@
+//! The `bitnet` command line run as a user runs it: every command on the
+//! tiny fixture, llama.cpp's flag spellings, and every error path with its
+//! documented exit status (2 usage, 3 model file, 4 input).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bitnet");
+
+fn tiny() -> Option<PathBuf> {
+    match bitnet_stfma::testdata_dir() {
+        Some(d) => Some(d.join("bitnet-tiny.gguf")),
+        None => {
+            eprintln!("SKIPPED: ../shared/testdata not found");
+            None
+        }
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitnet-cli-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn bitnet(args: &[&str]) -> Output {
+    bitnet_stdin(args, "")
+}
+
+fn bitnet_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bitnet");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+#[track_caller]
+fn fails(o: &Output, code: i32, message: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(message), "stderr lacks {message:?}: {err}");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A micro synthetic model (`gen-model --shape micro -s 7`), written once
+/// per test process for the tests that only need some model (bench and the
+/// stdout tests).
+fn micro() -> &'static str {
+    static MICRO: OnceLock<String> = OnceLock::new();
+    MICRO.get_or_init(|| {
+        let micro = tmp("micro.gguf");
+        ok(&bitnet(&[
+            "gen-model",
+            "--shape",
+            "micro",
+            "-o",
+            p(&micro),
+            "-s",
+            "7",
+        ]));
+        p(&micro).to_string()
+    })
+}
+
+/// A text file of `repeats` times the quick brown fox, written once per
+/// test process for each count.
+fn fox_text(repeats: usize) -> PathBuf {
+    static WRITTEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    let f = tmp(&format!("fox-{repeats}.txt"));
+    let mut written = WRITTEN.lock().unwrap();
+    if !written.contains(&repeats) {
+        std::fs::write(
+            &f,
+            "The quick brown fox jumps over the lazy dog. ".repeat(repeats),
+        )
+        .unwrap();
+        written.push(repeats);
+    }
+    f
+}
+
+/// `run`, as llama-cli takes it.
+mod run {
+    use super::*;
+
+    /// The greedy run of the capital prompt (8 tokens, 2 threads).
+    fn greedy_capital(m: &str) -> String {
+        ok(&bitnet(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "-t",
+            "2",
+        ]))
+    }
+
+    #[test]
+    fn greedy_prints_the_prompt_and_a_continuation() {
+        let Some(m) = tiny() else { return };
+        let greedy = greedy_capital(p(&m));
+        assert!(greedy.starts_with("The capital of France is") && greedy.len() > 24);
+    }
+
+    /// -f reads the prompt from a file.
+    #[test]
+    fn f_reads_the_prompt_from_a_file() {
+        let Some(m) = tiny() else { return };
+        let m = p(&m);
+        let f = tmp("prompt.txt");
+        std::fs::write(&f, "The capital of France is").unwrap();
+        let from_file = ok(&bitnet(&[
+            "run",
+            "-m",
+            m,
+            "-f",
+            p(&f),
+            "-n",
+            "8",
+            "--temp",
+            "0",
+        ]));
+        assert_eq!(from_file, greedy_capital(m));
+    }
+
+    /// -s is the seed: the same seed gives the same sample, and it is not a system prompt.
+    #[test]
+    fn s_is_the_seed() {
+        let Some(m) = tiny() else { return };
+        let m = p(&m);
+        let sample = |seed: &str| {
+            ok(&bitnet(&[
+                "run",
+                "-m",
+                m,
+                "-p",
+                "Once upon a time",
+                "-n",
+                "12",
+                "--temp",
+                "1.0",
+                "--top-k",
+                "0",
+                "--top-p",
+                "1.0",
+                "-s",
+                seed,
+            ]))
+        };
+        let a = sample("42");
+        assert!(a.starts_with("Once upon a time"));
+        assert_eq!(a, sample("42"));
+    }
+
+    /// Penalty flags parse with their llama.cpp names.
+    #[test]
+    fn penalty_flags_take_llama_cpp_names() {
+        let Some(m) = tiny() else { return };
+        ok(&bitnet(&[
+            "run",
+            "-m",
+            p(&m),
+            "-p",
+            "Hi",
+            "-n",
+            "4",
+            "--repeat-penalty",
+            "1.3",
+            "--repeat-last-n",
+            "-1",
+            "-c",
+            "128",
+            "-b",
+            "3",
+        ]));
+    }
+
+    /// -sys sends the prompt as a chat turn (the prompt is not echoed).
+    #[test]
+    fn sys_sends_the_prompt_as_a_chat_turn() {
+        let Some(m) = tiny() else { return };
+        let chat = ok(&bitnet(&[
+            "run",
+            "-m",
+            p(&m),
+            "-sys",
+            "You are terse.",
+            "-p",
+            "Hello",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+        ]));
+        assert!(!chat.starts_with("Hello"));
+    }
+
+    /// -cnv: conversation mode reads turns from stdin.
+    #[test]
+    fn cnv_reads_turns_from_stdin() {
+        let Some(m) = tiny() else { return };
+        let conv = bitnet_stdin(
+            &["run", "-m", p(&m), "-cnv", "-n", "4", "--temp", "0"],
+            "Hello\n\n",
+        );
+        ok(&conv);
+    }
+}
+
+/// The other commands on the tiny fixture (bench on the micro model).
+mod other_commands {
+    use super::*;
+
+    #[test]
+    fn tokenize_prints_the_ids() {
+        let Some(m) = tiny() else { return };
+        assert_eq!(
+            ok(&bitnet(&[
+                "tokenize",
+                "-m",
+                p(&m),
+                "-p",
+                "The capital of France is"
+            ]))
+            .trim(),
+            "[128000,791,6864,315,9822,374]"
+        );
+    }
+
+    #[test]
+    fn eval_prints_a_line_per_position() {
+        let Some(m) = tiny() else { return };
+        let eval = ok(&bitnet(&[
+            "eval",
+            "-m",
+            p(&m),
+            "-p",
+            "Hello world",
+            "--top",
+            "3",
+        ]));
+        assert_eq!(eval.lines().count(), 3);
+        assert!(eval.lines().all(|l| l.starts_with("{\"pos\":")));
+    }
+
+    #[test]
+    fn eval_takes_token_ids() {
+        let Some(m) = tiny() else { return };
+        let eval_ids = ok(&bitnet(&[
+            "eval",
+            "-m",
+            p(&m),
+            "--tokens",
+            "128000,9906",
+            "--top",
+            "2",
+        ]));
+        assert_eq!(eval_ids.lines().count(), 2);
+    }
+
+    #[test]
+    fn chat_answers_turns_from_stdin() {
+        let Some(m) = tiny() else { return };
+        let chat = bitnet_stdin(
+            &[
+                "chat",
+                "-m",
+                p(&m),
+                "-n",
+                "4",
+                "--temp",
+                "0",
+                "-sys",
+                "Be brief.",
+            ],
+            "Hi\nWho are you?\n",
+        );
+        ok(&chat);
+    }
+
+    #[test]
+    fn perplexity_prints_the_final_estimate() {
+        let Some(m) = tiny() else { return };
+        let f = fox_text(20);
+        let ppl = ok(&bitnet(&[
+            "perplexity",
+            "-m",
+            p(&m),
+            "-f",
+            p(&f),
+            "-c",
+            "32",
+        ]));
+        assert!(ppl.contains("Final estimate: PPL = "), "{ppl}");
+    }
+
+    #[test]
+    fn info_prints_the_config() {
+        let Some(m) = tiny() else { return };
+        let info = ok(&bitnet(&["info", "-m", p(&m)]));
+        assert!(info.contains("model: Config"), "{info}");
+    }
+
+    #[test]
+    fn gen_model_writes_a_model() {
+        let micro = tmp("gen-model-micro.gguf");
+        ok(&bitnet(&[
+            "gen-model",
+            "--shape",
+            "micro",
+            "-o",
+            p(&micro),
+            "-s",
+            "7",
+        ]));
+    }
+
+    #[test]
+    fn bench_prints_json() {
+        let bench = ok(&bitnet(&[
+            "bench",
+            "-m",
+            micro(),
+            "-t",
+            "1",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--json",
+        ]));
+        assert!(bench.contains("\"tg_tok_s\""), "{bench}");
+    }
+}
+
+/// Exit status 2: the command line.
+mod usage_errors_exit_2 {
+    use super::*;
+
+    #[test]
+    fn a_seed_that_is_not_a_number() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-p", "x", "-s", "forty-two"]),
+            2,
+            "invalid value",
+        );
+    }
+
+    #[test]
+    fn run_without_a_prompt() {
+        let Some(m) = tiny() else { return };
+        fails(&bitnet(&["run", "-m", p(&m)]), 2, "give -p TEXT or -f FILE");
+    }
+
+    #[test]
+    fn top_p_of_zero() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-p", "x", "--top-p", "0"]),
+            2,
+            "--top-p",
+        );
+    }
+
+    #[test]
+    fn repeat_last_n_below_minus_one() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-p", "x", "--repeat-last-n", "-2"]),
+            2,
+            "--repeat-last-n",
+        );
+    }
+
+    #[test]
+    fn a_batch_of_zero() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-p", "x", "-b", "0"]),
+            2,
+            "batch",
+        );
+    }
+
+    #[test]
+    fn an_unknown_shape() {
+        fails(
+            &bitnet(&["gen-model", "--shape", "huge", "-o", p(&tmp("x.gguf"))]),
+            2,
+            "unknown shape",
+        );
+    }
+
+    #[test]
+    fn an_unknown_subcommand() {
+        fails(&bitnet(&["frobnicate"]), 2, "unrecognized subcommand");
+    }
+}
+
+/// Exit status 3: the model file.
+mod model_errors_exit_3 {
+    use super::*;
+
+    const CARGO_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+
+    #[test]
+    fn a_missing_file() {
+        fails(
+            &bitnet(&["run", "-m", "/nonexistent/model.gguf", "-p", "x"]),
+            3,
+            "model.gguf",
+        );
+    }
+
+    #[test]
+    fn run_on_a_file_that_is_not_a_gguf() {
+        fails(
+            &bitnet(&["run", "-m", CARGO_TOML, "-p", "x"]),
+            3,
+            "not a GGUF",
+        );
+    }
+
+    #[test]
+    fn tokenize_on_a_file_that_is_not_a_gguf() {
+        fails(
+            &bitnet(&["tokenize", "-m", CARGO_TOML, "-p", "x"]),
+            3,
+            "not a GGUF",
+        );
+    }
+
+    #[test]
+    fn a_truncated_gguf() {
+        let Some(m) = tiny() else { return };
+        let trunc = tmp("truncated.gguf");
+        let bytes = std::fs::read(&m).unwrap();
+        std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+        fails(&bitnet(&["run", "-m", p(&trunc), "-p", "x"]), 3, "");
+    }
+}
+
+/// Exit status 4: the input.
+mod input_errors_exit_4 {
+    use super::*;
+
+    #[test]
+    fn a_prompt_longer_than_the_context() {
+        let Some(m) = tiny() else { return };
+        let long = "word ".repeat(200);
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-p", &long, "-c", "64"]),
+            4,
+            "longer than the context",
+        );
+    }
+
+    #[test]
+    fn a_missing_prompt_file() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["run", "-m", p(&m), "-f", "/nonexistent/prompt.txt"]),
+            4,
+            "prompt.txt",
+        );
+    }
+
+    #[test]
+    fn a_token_outside_the_vocabulary() {
+        let Some(m) = tiny() else { return };
+        fails(
+            &bitnet(&["eval", "-m", p(&m), "--tokens", "1,999999999"]),
+            4,
+            "outside the vocabulary",
+        );
+    }
+
+    #[test]
+    fn a_text_shorter_than_one_window() {
+        let Some(m) = tiny() else { return };
+        let short = tmp("short.txt");
+        std::fs::write(&short, "Too short.").unwrap();
+        fails(
+            &bitnet(&["perplexity", "-m", p(&m), "-f", p(&short), "-c", "64"]),
+            4,
+            "fewer than one window",
+        );
+    }
+}
+
+#[test]
+fn forced_scalar_kernel_runs_the_whole_model() {
+    let Some(m) = tiny() else { return };
+    let args = [
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "-t",
+        "2",
+    ];
+    let auto = ok(&bitnet(&args));
+    let o = Command::new(BIN)
+        .args(args)
+        .env("BITNET_STFMA_KERNEL", "scalar")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), auto, "greedy text differs under the scalar kernels");
+    assert!(
+        text(&o.stderr).contains("kernel scalar"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn too_many_threads_are_warned_about() {
+    let Some(m) = tiny() else { return };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = (cpus + 1).to_string();
+    let o = bitnet(&[
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-t",
+        &t,
+    ]);
+    ok(&o);
+    assert!(text(&o.stderr).contains("warning:"), "{}", text(&o.stderr));
+    let o = bitnet(&[
+        "run",
+        "-m",
+        p(&m),
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "-t",
+        "1",
+    ]);
+    assert!(!text(&o.stderr).contains("warning:"));
+}
+
+/// Every family's fixture through the commands a user runs: `tokenize`
+/// gives bitnet.cpp's prompt tokens (BOS only where the vocabulary adds
+/// one), a greedy `run` prints the prompt and bitnet.cpp's greedy
+/// continuation, `info` names the family, and `chat` answers in the model's
+/// format. One module per family, one test per command.
+mod every_family {
+    use super::*;
+
+    /// A family's fixture with bitnet.cpp's first reference prompt on it.
+    struct Fixture {
+        model: PathBuf,
+        prompt: String,
+        /// bitnet.cpp's tokens of the prompt.
+        tokens: Vec<u64>,
+        /// bitnet.cpp's first 8 greedy tokens after it.
+        greedy: Vec<u64>,
+    }
+
+    impl Fixture {
+        fn load(name: &str) -> Option<Fixture> {
+            let Some(dir) = bitnet_stfma::testdata_dir() else {
+                eprintln!("SKIPPED: ../shared/testdata not found");
+                return None;
+            };
+            let refs = std::fs::read_to_string(dir.join(format!("{name}.ref.jsonl"))).unwrap();
+            let first: serde_json::Value =
+                serde_json::from_str(refs.lines().next().unwrap()).unwrap();
+            let ids = |v: &serde_json::Value| -> Vec<u64> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap())
+                    .collect()
+            };
+            let greedy: Vec<u64> = first["greedy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["token"].as_u64().unwrap())
+                .take(8)
+                .collect();
+            Some(Fixture {
+                model: dir.join(format!("{name}.gguf")),
+                prompt: first["prompt"].as_str().unwrap().to_string(),
+                tokens: ids(&first["tokens"]),
+                greedy,
+            })
+        }
+
+        fn m(&self) -> &str {
+            p(&self.model)
+        }
+    }
+
+    fn tokenize_gives_bitnet_cpps_tokens(name: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let got = ok(&bitnet(&["tokenize", "-m", f.m(), "-p", &f.prompt]));
+        let want: Vec<String> = f.tokens.iter().map(u64::to_string).collect();
+        assert_eq!(got.trim(), format!("[{}]", want.join(",")), "{name}");
+    }
+
+    fn greedy_run_prints_bitnet_cpps_continuation(name: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let (m, prompt) = (f.m(), f.prompt.as_str());
+        let run = ok(&bitnet(&[
+            "run", "-m", m, "-p", prompt, "-n", "8", "--temp", "0", "-t", "2",
+        ]));
+        assert!(run.starts_with(prompt), "{name}: {run:?}");
+        // (the command ends its output with a newline of its own)
+        let run = run.strip_suffix('\n').unwrap_or(&run);
+        // The printed continuation is bitnet.cpp's greedy tokens' bytes.
+        let g = bitnet_stfma::gguf::Gguf::open(m).unwrap();
+        let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+        let bytes: Vec<u8> = f
+            .greedy
+            .iter()
+            .flat_map(|&t| tok.token_to_bytes(t as u32, false).to_vec())
+            .collect();
+        let want = format!("{prompt}{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(run, want, "{name}");
+    }
+
+    fn info_names_the_family(name: &str, family: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let info = ok(&bitnet(&["info", "-m", f.m()]));
+        assert!(info.contains(family), "{name}: {info}");
+    }
+
+    fn eval_prints_a_line_per_prompt_token(name: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let eval = ok(&bitnet(&[
+            "eval",
+            "-m",
+            f.m(),
+            "-p",
+            &f.prompt,
+            "--top",
+            "2",
+        ]));
+        assert_eq!(eval.lines().count(), f.tokens.len(), "{name}: {eval}");
+    }
+
+    fn perplexity_runs(name: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let file = fox_text(20);
+        let ppl = bitnet(&["perplexity", "-m", f.m(), "-f", p(&file), "-c", "32"]);
+        let out = ok(&ppl) + &text(&ppl.stderr);
+        assert!(out.contains("perplexity"), "{name}: {out}");
+    }
+
+    fn chat_answers(name: &str) {
+        let Some(f) = Fixture::load(name) else { return };
+        let chat = bitnet_stdin(&["chat", "-m", f.m(), "-n", "4", "--temp", "0"], "Hi\n");
+        ok(&chat);
+    }
+
+    macro_rules! family_tests {
+        ($($module:ident: $name:literal names $family:literal;)*) => {$(
+            mod $module {
+                #[test]
+                fn tokenize_gives_bitnet_cpps_tokens() {
+                    super::tokenize_gives_bitnet_cpps_tokens($name);
+                }
+                #[test]
+                fn greedy_run_prints_bitnet_cpps_continuation() {
+                    super::greedy_run_prints_bitnet_cpps_continuation($name);
+                }
+                #[test]
+                fn info_names_the_family() {
+                    super::info_names_the_family($name, $family);
+                }
+                #[test]
+                fn eval_prints_a_line_per_prompt_token() {
+                    super::eval_prints_a_line_per_prompt_token($name);
+                }
+                #[test]
+                fn perplexity_runs() {
+                    super::perplexity_runs($name);
+                }
+                #[test]
+                fn chat_answers() {
+                    super::chat_answers($name);
+                }
+            }
+        )*};
+    }
+
+    family_tests! {
+        bitnet_spm_tiny: "bitnet-spm-tiny" names "1bitLLM";
+        llama_i2s_tiny: "llama-i2s-tiny" names "Llama";
+        falcon3_i2s_tiny: "falcon3-i2s-tiny" names "Llama";
+    }
+}
+
+/// Every command that writes to stdout, against a closed pipe, a reader
+/// that leaves early and a full disk: one module per command, one test per
+/// kind of stdout.
+mod stdout {
+    use super::*;
+
+    /// Every command that writes to stdout, with its arguments and stdin.
+    fn stdout_commands(
+        m: &str,
+        micro: &str,
+        text: &str,
+    ) -> Vec<(&'static str, Vec<String>, &'static str)> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        vec![
+            (
+                "run",
+                v(&["run", "-m", m, "-p", "Hello", "-n", "16", "--temp", "0"]),
+                "",
+            ),
+            (
+                "chat",
+                v(&["chat", "-m", m, "-n", "8", "--temp", "0"]),
+                "Hi\n",
+            ),
+            ("tokenize", v(&["tokenize", "-m", m, "-f", text]), ""),
+            (
+                "eval",
+                v(&["eval", "-m", m, "-p", "Hello world", "--top", "3"]),
+                "",
+            ),
+            (
+                "perplexity",
+                v(&["perplexity", "-m", m, "-f", text, "-c", "32"]),
+                "",
+            ),
+            (
+                "bench",
+                v(&[
+                    "bench", "-m", micro, "-t", "1", "-p", "8", "-n", "4", "-r", "1", "--json",
+                ]),
+                "",
+            ),
+            ("info", v(&["info", "-m", m]), ""),
+            // Nothing listens there; the load generator's table header is its
+            // first write, before any request.
+            (
+                "loadgen",
+                v(&[
+                    "loadgen",
+                    "--url",
+                    "http://127.0.0.1:9",
+                    "--clients",
+                    "1",
+                    "--requests",
+                    "1",
+                ]),
+                "",
+            ),
+        ]
+    }
+
+    /// The arguments and stdin of the stdout command `name` on the tiny
+    /// fixture, the micro model and a text of 40 sentences.
+    fn command(name: &str) -> Option<(Vec<String>, &'static str)> {
+        let m = tiny()?;
+        let text = fox_text(40);
+        stdout_commands(p(&m), micro(), p(&text))
+            .into_iter()
+            .find(|c| c.0 == name)
+            .map(|(_, args, input)| (args, input))
+    }
+
+    fn run_with_stdout(args: &[String], input: &str, stdout: Stdio) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bitnet");
+        // The command may be gone before it reads its input.
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        child.wait_with_output().unwrap()
+    }
+
+    /// A reader that has gone before the first write (`| head -c 0`, and
+    /// deterministically what `| grep -q` or `| head` races towards): every
+    /// command ends quietly, killed by SIGPIPE as a C tool is, with no panic
+    /// and no message.
+    #[cfg(unix)]
+    fn closed_stdout_ends_it_quietly(name: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let Some((args, input)) = command(name) else {
+            return;
+        };
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = run_with_stdout(&args, input, Stdio::from(writer));
+        let err = text(&o.stderr);
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{name}: status {:?}, stderr: {err}",
+            o.status
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("error"),
+            "{name}: {err}"
+        );
+    }
+
+    /// A reader that takes a little and then closes (`| head -c 1`): the
+    /// command either finished first or ends by SIGPIPE; never a panic.
+    /// (Not for loadgen: it has no server to finish against.)
+    #[cfg(unix)]
+    fn reader_closing_early_never_panics(name: &str) {
+        use std::io::Read;
+        use std::os::unix::process::ExitStatusExt;
+        let Some((args, input)) = command(name) else {
+            return;
+        };
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        let mut first = [0u8; 1];
+        let mut so = child.stdout.take().unwrap();
+        so.read_exact(&mut first).unwrap();
+        drop(so);
+        let o = child.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(
+            o.status.success() || o.status.signal() == Some(13),
+            "{name}: status {:?}, stderr: {err}",
+            o.status
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+
+    /// Any other write error is an error with its message and exit status 1.
+    #[cfg(target_os = "linux")]
+    fn full_disk_is_an_error(name: &str) {
+        let Some((args, input)) = command(name) else {
+            return;
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = run_with_stdout(&args, input, Stdio::from(full));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("error: writing to standard output: No space left on device")
+                && !err.contains("panicked"),
+            "{name}: {err}"
+        );
+    }
+
+    macro_rules! stdout_tests {
+        (@closed_and_full $cmd:ident) => {
+            #[cfg(unix)]
+            #[test]
+            fn closed_stdout_ends_it_quietly() {
+                super::closed_stdout_ends_it_quietly(stringify!($cmd));
+            }
+            #[cfg(target_os = "linux")]
+            #[test]
+            fn full_disk_is_an_error() {
+                super::full_disk_is_an_error(stringify!($cmd));
+            }
+        };
+        ($($cmd:ident),* ; without an early reader: $($no_reader:ident),*) => {
+            $(
+                mod $cmd {
+                    stdout_tests!(@closed_and_full $cmd);
+                    #[cfg(unix)]
+                    #[test]
+                    fn reader_closing_early_never_panics() {
+                        super::reader_closing_early_never_panics(stringify!($cmd));
+                    }
+                }
+            )*
+            $(
+                mod $no_reader {
+                    stdout_tests!(@closed_and_full $no_reader);
+                }
+            )*
+            /// The commands tested here.
+            const TESTED: &[&str] = &[$(stringify!($cmd),)* $(stringify!($no_reader)),*];
+        };
+    }
+
+    stdout_tests!(run, chat, tokenize, eval, perplexity, bench, info; without an early reader: loadgen);
+
+    /// A command added to the list has its tests.
+    #[test]
+    fn every_stdout_command_is_tested() {
+        let listed: Vec<&str> = stdout_commands("m", "micro", "text")
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(listed, TESTED);
+    }
+}
