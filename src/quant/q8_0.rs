@@ -27,6 +27,25 @@ impl Block for BlockQ8_0 {
     }
 }
 
+impl BlockQ8_0 {
+    /// A block of 32 weights as ggml's `quantize_row_q8_0_ref` writes it
+    /// (what `llama-quantize` stores): `d = max|x| / 127` as f16,
+    /// `q = round_half_away(x / d)` with the f32 `d`.
+    pub fn from_f32_ref(x: &[f32]) -> BlockQ8_0 {
+        let amax = x[..32].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; 32];
+        for (q, &v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
+        }
+        BlockQ8_0 {
+            d: F16Le::new(f16::from_f32(d)),
+            qs,
+        }
+    }
+}
+
 /// `x` as Q8_0 activations the way ggml's x86 `quantize_row_q8_0` makes
 /// them: per 32 values `d = max|x| / 127` (kept as f16, which the dot
 /// uses), `q = round_half_even(x · 127/max|x|)`, into `q` and `d`.

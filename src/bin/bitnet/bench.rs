@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use bitnet_stfma::kernels;
-use bitnet_stfma::model::{Model, Session, Timings};
+use bitnet_stfma::model::{Session, Timings};
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
 use crate::args::HeadArgs;
 use crate::common::{shape_by_name, warn_threads, Progress};
-use crate::error::{model_err, CliResult};
+use crate::error::CliResult;
 use crate::output::outln;
 
 #[derive(Args)]
@@ -148,7 +148,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     };
     eprintln!("loading {} ...", path.display());
     let t = Instant::now();
-    let model = Model::load_with(&path, a.head.load_options()).map_err(model_err)?;
+    let model = crate::common::open_model(&path, a.head.load_options())?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;

@@ -4,10 +4,11 @@
 //! warning, the progress bar and the synthetic shapes by name.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bitnet_stfma::model::{Model, Session};
+use bitnet_stfma::model::{LoadOptions, Model, Session};
 use bitnet_stfma::sampler::Sampler;
 use bitnet_stfma::synthetic::Shape;
 use bitnet_stfma::tokenizer::StreamDecoder;
@@ -18,8 +19,19 @@ use crate::output;
 
 pub(crate) fn load(c: &Common) -> CliResult<(Model, Duration)> {
     let t = Instant::now();
-    let m = Model::load_with(&c.model, c.head.load_options()).map_err(model_err)?;
+    let m = open_model(&c.model, c.head.load_options())?;
     Ok((m, t.elapsed()))
+}
+
+/// The model of `-m`: a GGUF file, or a Hugging Face checkpoint directory
+/// converted in memory while loading (no file written).
+pub(crate) fn open_model(path: &Path, opts: LoadOptions) -> CliResult<Model> {
+    if path.is_dir() {
+        let g = bitnet_stfma::convert::open_gguf(path).map_err(model_err)?;
+        Model::from_gguf_with(Arc::new(g), opts).map_err(model_err)
+    } else {
+        Model::load_with(path, opts).map_err(model_err)
+    }
 }
 
 /// Warns (once, on stderr) when more threads are asked for than there are CPUs.

@@ -2,14 +2,13 @@
 
 use std::path::Path;
 
-use bitnet_stfma::gguf::Gguf;
 use bitnet_stfma::model::Model;
 
 use crate::error::{model_err, CliResult};
 use crate::output::outln;
 
 pub(crate) fn info(path: &Path) -> CliResult {
-    let g = Gguf::open(path).map_err(model_err)?;
+    let g = std::sync::Arc::new(bitnet_stfma::convert::open_gguf(path).map_err(model_err)?);
     outln!(
         "GGUF v{}, {} metadata keys, {} tensors",
         g.version,
@@ -29,7 +28,7 @@ pub(crate) fn info(path: &Path) -> CliResult {
     for t in g.tensors() {
         outln!("  {:32} {:6} {:?}", t.name, t.ty.to_string(), t.dims)?;
     }
-    match Model::load(path) {
+    match Model::from_gguf(g.clone()) {
         Ok(m) => {
             outln!(
                 "family: {} (architecture {})",

@@ -3,7 +3,7 @@
 //! This file parses the command line and dispatches; each command lives in
 //! the module of its name (`run.rs`, `chat.rs`, `tokenize.rs`, `eval.rs`,
 //! `perplexity.rs`, `gen_model.rs`, `bench.rs`, `serve.rs` with `loadgen`,
-//! `info.rs`). The flags several commands share are in `args.rs`, the
+//! `info.rs`, `convert.rs`). The flags several commands share are in `args.rs`, the
 //! helpers they share in `common.rs`, the error kinds and their exit
 //! statuses in `error.rs`, and the checked stdout writes in `output.rs`.
 
@@ -16,6 +16,7 @@ mod args;
 mod bench;
 mod chat;
 mod common;
+mod convert;
 mod error;
 mod eval;
 mod gen_model;
@@ -58,6 +59,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Write a synthetic BitNet model (random ternary weights) in the official layout.
     GenModel(gen_model::GenModelArgs),
+    /// Convert a Hugging Face checkpoint directory (safetensors) to a GGUF file.
+    Convert(convert::ConvertArgs),
     /// Benchmark prompt processing and decoding (tokens/s), with memory bandwidth and a time breakdown.
     Bench(bench::BenchArgs),
     /// OpenAI-compatible HTTP server that batches concurrent requests (as llama-server).
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::eval(a),
         Command::Perplexity(a) => perplexity::perplexity(a),
         Command::GenModel(a) => gen_model::gen_model(a),
+        Command::Convert(a) => convert::convert(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
         Command::Loadgen(a) => serve::loadgen(a),

@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bitnet_stfma::model::Model;
 use bitnet_stfma::server::{self, ServeConfig};
 use clap::Args;
 use serde_json::{json, Value};
 
 use crate::args::HeadArgs;
 use crate::common::warn_threads;
-use crate::error::{model_err, CliError, CliResult};
+use crate::error::{CliError, CliResult};
 use crate::output::outln;
 
 #[derive(Args)]
@@ -70,7 +69,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
         .with_writer(std::io::stderr)
         .try_init();
     warn_threads(a.threads);
-    let model = Model::load_with(&a.model, a.head.load_options()).map_err(model_err)?;
+    let model = crate::common::open_model(&a.model, a.head.load_options())?;
     let name = a.alias.clone().unwrap_or_else(|| {
         a.model
             .file_stem()
