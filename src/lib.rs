@@ -11,6 +11,8 @@
 #[cfg(feature = "runner")]
 pub mod chat;
 #[cfg(feature = "runner")]
+pub mod convert;
+#[cfg(feature = "runner")]
 pub mod embedding;
 pub mod error;
 pub mod ffi;
