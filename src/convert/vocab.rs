@@ -45,8 +45,10 @@ pub fn vocab_metadata(
         path: dir.join("config.json"),
         json: config.clone(),
     };
-    if vocab_size == 0 {
-        return Err(config.err("vocab_size is 0"));
+    if vocab_size == 0 || vocab_size > MAX_VOCAB {
+        return Err(config.err(format_args!(
+            "vocab_size {vocab_size} is not between 1 and {MAX_VOCAB}"
+        )));
     }
     let tokenizer_json = JsonFile::read_if_present(dir.join("tokenizer.json"))?;
     let tokenizer_config = JsonFile::read_if_present(dir.join("tokenizer_config.json"))?;
@@ -127,11 +129,16 @@ pub fn vocab_metadata(
     Ok(md)
 }
 
+/// The largest `vocab_size` converted (the token list is padded to it, so
+/// a wrong one must not size an allocation; real vocabularies have up to a
+/// few hundred thousand tokens).
+const MAX_VOCAB: usize = 1 << 24;
+
 fn kv(key: &str, value: Value) -> (String, Value) {
     (key.to_string(), value)
 }
 
-/// A file of the checkpoint, whose path starts every message about it.
+/// An error about a file of the checkpoint: its path, then what is wrong.
 fn file_err(path: &Path, what: impl fmt::Display) -> Error {
     Error::format(format!("{}: {what}", path.display()))
 }
@@ -617,55 +624,20 @@ const CHECK_TEXT: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\u{1f
 
 /// The pre-tokenizer names of bitnet.cpp's converter by the sha256 of
 /// `str(ids)` of [`CHECK_TEXT`] (`get_vocab_base_pre`).
+#[rustfmt::skip]
 const KNOWN_HASHES: [(&str, &str); 12] = [
-    (
-        "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5",
-        "llama-bpe",
-    ),
-    (
-        "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754",
-        "deepseek-llm",
-    ),
-    (
-        "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821",
-        "deepseek-coder",
-    ),
-    (
-        "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed",
-        "falcon",
-    ),
-    (
-        "a6b57017d60e6edb4d88ecc2845188e0eb333a70357e45dcc9b53964a73bbae6",
-        "falcon_e",
-    ),
-    (
-        "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f",
-        "bert-bge",
-    ),
-    (
-        "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166",
-        "mpt",
-    ),
-    (
-        "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34",
-        "starcoder",
-    ),
-    (
-        "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454",
-        "gpt-2",
-    ),
-    (
-        "6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff",
-        "refact",
-    ),
-    (
-        "9c2227e4dd922002fb81bde4fc02b0483ca4f12911410dee2255e4987644e3f8",
-        "command-r",
-    ),
-    (
-        "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e",
-        "falcon3",
-    ),
+    ("0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5", "llama-bpe"),
+    ("049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754", "deepseek-llm"),
+    ("347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821", "deepseek-coder"),
+    ("8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed", "falcon"),
+    ("a6b57017d60e6edb4d88ecc2845188e0eb333a70357e45dcc9b53964a73bbae6", "falcon_e"),
+    ("0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f", "bert-bge"),
+    ("b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166", "mpt"),
+    ("35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34", "starcoder"),
+    ("3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454", "gpt-2"),
+    ("6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff", "refact"),
+    ("9c2227e4dd922002fb81bde4fc02b0483ca4f12911410dee2255e4987644e3f8", "command-r"),
+    ("9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e", "falcon3"),
 ];
 
 /// The pre-tokenizers tried, in this order, when the `pre_tokenizer` layout
@@ -685,17 +657,11 @@ enum PreStep {
 fn pre_step(j: &Json) -> PreStep {
     let flag = |key: &str, default: bool| j.get(key).and_then(Json::as_bool).unwrap_or(default);
     match j.get("type").and_then(Json::as_str) {
-        Some("Split") => match j.get("pattern") {
-            Some(p) => match p
-                .get("Regex")
-                .or_else(|| p.get("String"))
-                .and_then(Json::as_str)
-            {
-                Some(s) => PreStep::Split(s.to_string()),
-                None => PreStep::Other,
-            },
-            None => PreStep::Other,
-        },
+        Some("Split") => j
+            .get("pattern")
+            .and_then(|p| p.get("Regex").or_else(|| p.get("String")))
+            .and_then(Json::as_str)
+            .map_or(PreStep::Other, |re| PreStep::Split(re.to_string())),
         // A ByteLevel that puts a space before the text is not what
         // llama.cpp's pre-tokenizers do.
         Some("ByteLevel") if !flag("add_prefix_space", false) => PreStep::ByteLevel {
@@ -930,13 +896,15 @@ fn special_token_ids(
         let from_config = match config.json.get(field.as_str()) {
             Some(Json::Array(list)) => list.first(),
             other => other,
-        }
-        .filter(|v| v.is_number())
-        .map(|v| {
-            v.as_u64()
-                .ok_or_else(|| config.err(format_args!("{field} is {v}, not a token id")))
-        })
-        .transpose()?;
+        };
+        // Integers only, as gguf-py; a negative one is its error too.
+        let from_config = match from_config {
+            Some(v) if v.as_i64().is_some_and(|i| i < 0) => {
+                return Err(config.err(format_args!("{field} is {v}, not a token id")))
+            }
+            Some(v) => v.as_u64(),
+            None => None,
+        };
         let from_vocab = || {
             let c = content?;
             tokens.iter().position(|t| t == c).map(|i| i as u64)
@@ -1500,8 +1468,10 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        // config.json's ids come second: unk from a list, eos ignored.
-        let config = json!({"vocab_size": 262, "unk_token_id": [3, 4], "eos_token_id": 5});
+        // config.json's ids come second: unk from a list, eos ignored, a
+        // float ignored.
+        let config = json!({"vocab_size": 262, "unk_token_id": [3, 4], "eos_token_id": 5,
+                            "sep_token_id": 1.5});
         let md = vocab_metadata(&dir, &config, 262).unwrap();
         let tokens = strings(&md, "tokenizer.ggml.tokens");
         assert_eq!(tokens.len(), 262);
@@ -1610,6 +1580,9 @@ mod tests {
         let e = err(&dir, 300);
         assert!(e.contains("tokenizer_config.json"), "{e}");
         std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
+
+        let e = err(&dir, usize::MAX);
+        assert!(e.contains("config.json") && e.contains("vocab_size"), "{e}");
 
         let e = vocab_metadata(&dir, &json!({"bos_token_id": -1}), 300)
             .unwrap_err()
