@@ -277,7 +277,8 @@ struct SentencePieceModel {
 /// One field of a protobuf message: its number and its value by wire type.
 enum Field<'a> {
     Varint(u64),
-    Fixed64(u64),
+    /// (No field read here is one; its 8 bytes are skipped.)
+    Fixed64,
     Bytes(&'a [u8]),
     Fixed32(u32),
 }
@@ -350,10 +351,8 @@ impl<'a> ProtoReader<'a> {
         let field = match key & 7 {
             0 => Field::Varint(self.varint()?),
             1 => {
-                let b = self.take(8, "fixed64 field")?;
-                Field::Fixed64(u64::from_le_bytes([
-                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-                ]))
+                self.take(8, "fixed64 field")?;
+                Field::Fixed64
             }
             2 => {
                 let len = self.varint()?;
