@@ -82,7 +82,10 @@ fn f32_key(c: &Json, key: &str, file: &Path) -> Result<Option<f32>> {
     match c.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(v) => v.as_f64().map(|v| Some(v as f32)).ok_or_else(|| {
-            Error::format(format!("{}: {key} is {v}, a number expected", file.display()))
+            Error::format(format!(
+                "{}: {key} is {v}, a number expected",
+                file.display()
+            ))
         }),
     }
 }
@@ -177,7 +180,12 @@ impl HParams {
         let dim = need("hidden_size")?;
         let n_heads = need("num_attention_heads")?;
         let n_kv_heads = usize_key(c, "num_key_value_heads", file)?.unwrap_or(n_heads);
-        if dim == 0 || n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+        if dim == 0
+            || n_heads == 0
+            || n_kv_heads == 0
+            || dim % n_heads != 0
+            || n_heads % n_kv_heads != 0
+        {
             return Err(bad(format!(
                 "hidden_size {dim}, num_attention_heads {n_heads}, num_key_value_heads {n_kv_heads} do not divide"
             )));
@@ -311,13 +319,11 @@ impl Checkpoint {
         for (name, file) in expected {
             match ck.tensors.get(&name) {
                 Some(t) if ck.shards[t.shard].path.file_name() == Some(file.as_os_str()) => {}
-                _ => {
-                    return Err(Error::format(format!(
-                        "{}: tensor '{name}' is listed in model.safetensors.index.json but not in {}",
-                        dir.display(),
-                        file.display()
-                    )))
-                }
+                _ => return Err(Error::format(format!(
+                    "{}: tensor '{name}' is listed in model.safetensors.index.json but not in {}",
+                    dir.display(),
+                    file.display()
+                ))),
             }
         }
         Ok(ck)
@@ -329,9 +335,12 @@ impl Checkpoint {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
             let j = read_json(&index)?;
-            let map = j.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::format(format!("{}: weight_map is missing", index.display()))
-            })?;
+            let map = j
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::format(format!("{}: weight_map is missing", index.display()))
+                })?;
             let mut files: Vec<PathBuf> = Vec::new();
             let mut expected = Vec::new();
             for (name, f) in map {
@@ -382,7 +391,8 @@ impl Checkpoint {
         // header without touching the data); a file truncated under us
         // meanwhile would fault, as any reader of a changing file may.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(&path, e))?;
-        let entries = parse_header(&map).map_err(|e| Error::format(format!("{}: {e}", path.display())))?;
+        let entries =
+            parse_header(&map).map_err(|e| Error::format(format!("{}: {e}", path.display())))?;
         let shard = self.shards.len();
         for (name, dtype, shape, offset, len) in entries {
             if let Some(prev) = self.tensors.get(&name) {
@@ -428,7 +438,11 @@ impl Checkpoint {
 
     /// An error about tensor `t`, naming its file.
     pub fn tensor_err(&self, t: &TensorRef, m: impl std::fmt::Display) -> Error {
-        Error::format(format!("{}: tensor '{}': {m}", self.file_of(t).display(), t.name))
+        Error::format(format!(
+            "{}: tensor '{}': {m}",
+            self.file_of(t).display(),
+            t.name
+        ))
     }
 
     /// The raw bytes of elements `start..start + count` of `t`.
@@ -475,8 +489,11 @@ impl Checkpoint {
 
 /// Parses and validates one safetensors file's header: (name, dtype, shape,
 /// file offset of the data, data length) per tensor, in file order.
-pub fn parse_header(bytes: &[u8]) -> std::result::Result<Vec<(String, Dtype, Vec<usize>, u64, usize)>, String> {
-    let (n, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+pub fn parse_header(
+    bytes: &[u8],
+) -> std::result::Result<Vec<(String, Dtype, Vec<usize>, u64, usize)>, String> {
+    let (n, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let base = 8 + n as u64;
     let mut out: Vec<_> = meta
         .tensors()

@@ -190,7 +190,12 @@ impl Conversion {
         let mut jobs = Vec::new();
         let (d, f, kv) = (h.dim, h.ffn_dim, h.n_kv_heads * h.head_dim());
 
-        let embd = take(&ck, &mut used, &["model.embed_tokens.weight"], &[h.vocab_size, h.dim])?;
+        let embd = take(
+            &ck,
+            &mut used,
+            &["model.embed_tokens.weight"],
+            &[h.vocab_size, h.dim],
+        )?;
         let lm_head = ck.get("lm_head.weight").cloned();
         let tied = h.tie_embeddings || lm_head.is_none();
         if !h.tie_embeddings && lm_head.is_none() {
@@ -209,7 +214,13 @@ impl Conversion {
             _ if tied => opts.head,
             _ => opts.token_embd,
         };
-        jobs.push(matrix_job(&ck, "token_embd.weight", embd, embd_ty, opts.outtype)?);
+        jobs.push(matrix_job(
+            &ck,
+            "token_embd.weight",
+            embd,
+            embd_ty,
+            opts.outtype,
+        )?);
         let norm = take(&ck, &mut used, &["model.norm.weight"], &[h.dim])?;
         jobs.push(vector_job("output_norm.weight", norm));
         if !tied {
@@ -224,7 +235,12 @@ impl Conversion {
         for l in 0..h.n_layers {
             let p = format!("model.layers.{l}.");
             let n = |s: &str| format!("blk.{l}.{s}.weight");
-            let norm = take(&ck, &mut used, &[&format!("{p}input_layernorm.weight")], &[d])?;
+            let norm = take(
+                &ck,
+                &mut used,
+                &[&format!("{p}input_layernorm.weight")],
+                &[d],
+            )?;
             jobs.push(vector_job(&n("attn_norm"), norm));
             for (gg, hf) in MATRICES {
                 let (rows, cols) = match gg {
@@ -325,22 +341,28 @@ impl Conversion {
         let total = self.data_bytes();
         let mut done = 0u64;
         let mut failure: Option<Error> = None;
-        let r = gguf::write(out, &self.metadata, &specs, gguf::DEFAULT_ALIGNMENT, &mut |i, w| {
-            let job = &self.jobs[i];
-            match self.tensor_data(job, w) {
-                Ok(()) => {
-                    done += job.spec.ty.tensor_bytes(&job.spec.dims).unwrap_or(0);
-                    progress(done, total);
-                    Ok(())
+        let r = gguf::write(
+            out,
+            &self.metadata,
+            &specs,
+            gguf::DEFAULT_ALIGNMENT,
+            &mut |i, w| {
+                let job = &self.jobs[i];
+                match self.tensor_data(job, w) {
+                    Ok(()) => {
+                        done += job.spec.ty.tensor_bytes(&job.spec.dims).unwrap_or(0);
+                        progress(done, total);
+                        Ok(())
+                    }
+                    Err(ConvertIo::Io(e)) => Err(e),
+                    Err(ConvertIo::Convert(e)) => {
+                        let m = e.message.clone();
+                        failure = Some(e);
+                        Err(io::Error::other(m))
+                    }
                 }
-                Err(ConvertIo::Io(e)) => Err(e),
-                Err(ConvertIo::Convert(e)) => {
-                    let m = e.message.clone();
-                    failure = Some(e);
-                    Err(io::Error::other(m))
-                }
-            }
-        });
+            },
+        );
         match (r, failure) {
             (_, Some(e)) => Err(e),
             (r, None) => r,
@@ -385,11 +407,9 @@ impl Conversion {
                     None => tern,
                 };
                 match job.spec.ty {
-                    GgmlType::I2S => w.write_all(
-                        &tern
-                            .to_i2s()
-                            .map_err(|e| ck.tensor_err(t, e.message))?,
-                    )?,
+                    GgmlType::I2S => {
+                        w.write_all(&tern.to_i2s().map_err(|e| ck.tensor_err(t, e.message))?)?
+                    }
                     ty => {
                         let v: Vec<f32> = tern.values().collect();
                         w.write_all(&encode_rows(&v, ty))?;
@@ -402,7 +422,13 @@ impl Conversion {
 
     /// The ternary codes and scale of one matrix, by how the checkpoint
     /// stores it.
-    fn ternary(&self, t: &TensorRef, ws: Option<&TensorRef>, rows: usize, cols: usize) -> Result<Ternary> {
+    fn ternary(
+        &self,
+        t: &TensorRef,
+        ws: Option<&TensorRef>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Ternary> {
         let ck = &self.ck;
         let h = &ck.hp;
         let weight_scale = match ws {
@@ -423,7 +449,8 @@ impl Conversion {
                 ck.tensor_err(t, "packed uint8 weights without a weight_scale tensor")
             })?;
             let packed = ck.read_bytes(t, 0, t.n_elements())?;
-            let codes = ternary::unpack_hf(&packed, rows / 4, cols).map_err(|m| ck.tensor_err(t, m))?;
+            let codes =
+                ternary::unpack_hf(&packed, rows / 4, cols).map_err(|m| ck.tensor_err(t, m))?;
             return Ok(Ternary { codes, scale });
         }
         let mut w = ck.read_f32(t, 0, t.n_elements())?;
@@ -454,7 +481,8 @@ impl Conversion {
             file_name.to_string_lossy(),
             std::process::id()
         ));
-        let io = |e: io::Error, p: &Path| Error::new(ErrorKind::Io, format!("{}: {e}", p.display()));
+        let io =
+            |e: io::Error, p: &Path| Error::new(ErrorKind::Io, format!("{}: {e}", p.display()));
         let result = (|| {
             let file = std::fs::File::create(&tmp).map_err(|e| io(e, &tmp))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -523,7 +551,12 @@ fn encode_rows(v: &[f32], ty: GgmlType) -> Vec<u8> {
 }
 
 /// Finds the first of `names`, checks its shape (HF order) and marks it used.
-fn take(ck: &Checkpoint, used: &mut Vec<String>, names: &[&str], shape: &[usize]) -> Result<TensorRef> {
+fn take(
+    ck: &Checkpoint,
+    used: &mut Vec<String>,
+    names: &[&str],
+    shape: &[usize],
+) -> Result<TensorRef> {
     let owned: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let t = ck.find(&owned).cloned().ok_or_else(|| {
         Error::format(format!(
@@ -539,7 +572,10 @@ fn take(ck: &Checkpoint, used: &mut Vec<String>, names: &[&str], shape: &[usize]
         ));
     }
     if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        return Err(ck.tensor_err(&t, format!("dtype {:?}; BF16, F16 or F32 expected", t.dtype)));
+        return Err(ck.tensor_err(
+            &t,
+            format!("dtype {:?}; BF16, F16 or F32 expected", t.dtype),
+        ));
     }
     used.push(t.name.clone());
     Ok(t)
@@ -556,7 +592,13 @@ fn vector_job(name: &str, t: TensorRef) -> Job {
     }
 }
 
-fn matrix_job(ck: &Checkpoint, name: &str, t: TensorRef, ty: FloatType, outtype: OutType) -> Result<Job> {
+fn matrix_job(
+    ck: &Checkpoint,
+    name: &str,
+    t: TensorRef,
+    ty: FloatType,
+    outtype: OutType,
+) -> Result<Job> {
     let ty = match (outtype, ty) {
         (OutType::F16, FloatType::F32) => FloatType::F16,
         (_, ty) => ty,
@@ -597,10 +639,9 @@ fn ternary_job(
     outtype: OutType,
 ) -> Result<Job> {
     let wname = format!("{hf}.weight");
-    let t = ck
-        .get(&wname)
-        .cloned()
-        .ok_or_else(|| Error::format(format!("{}: tensor '{wname}' is missing", ck.dir.display())))?;
+    let t = ck.get(&wname).cloned().ok_or_else(|| {
+        Error::format(format!("{}: tensor '{wname}' is missing", ck.dir.display()))
+    })?;
     let ws = ck.get(&format!("{hf}.weight_scale")).cloned();
     match t.dtype {
         Dtype::U8 => {
@@ -634,7 +675,10 @@ fn ternary_job(
         if s.n_elements() != 1 || !matches!(s.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(ck.tensor_err(
                 s,
-                format!("shape {:?} dtype {:?}; one float expected", s.shape, s.dtype),
+                format!(
+                    "shape {:?} dtype {:?}; one float expected",
+                    s.shape, s.dtype
+                ),
             ));
         }
         used.push(s.name.clone());

@@ -85,7 +85,11 @@ pub fn from_scaled(w: &[f32]) -> std::result::Result<Ternary, String> {
 /// `unpack_weights`): a `[rows / 4, cols]` `uint8` matrix whose byte
 /// `(p, c)` holds, at bits `2k..2k+2`, row `k · rows/4 + p` of column `c` as
 /// value + 1. Returns the `[rows, cols]` codes; a 3 (value 2) is an error.
-pub fn unpack_hf(packed: &[u8], packed_rows: usize, cols: usize) -> std::result::Result<Vec<u8>, String> {
+pub fn unpack_hf(
+    packed: &[u8],
+    packed_rows: usize,
+    cols: usize,
+) -> std::result::Result<Vec<u8>, String> {
     let mut codes = vec![0u8; packed.len() * 4];
     for k in 0..4 {
         let dst = &mut codes[k * packed_rows * cols..(k + 1) * packed_rows * cols];
@@ -115,7 +119,8 @@ pub fn permute_rows(codes: &[u8], rows: usize, cols: usize, n_head: usize) -> Ve
             for j in 0..half {
                 let from = h * hd + i * half + j;
                 let to = h * hd + 2 * j + i;
-                out[to * cols..(to + 1) * cols].copy_from_slice(&codes[from * cols..(from + 1) * cols]);
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&codes[from * cols..(from + 1) * cols]);
             }
         }
     }

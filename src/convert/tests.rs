@@ -141,20 +141,17 @@ fn from_i2s(data: &[u8], rows: usize, cols: usize) -> Result<Ternary> {
     })
 }
 
-/// A weight_scale `ws` with `1 / ws == scale` exactly (BitLinear divides).
+/// The weight_scale `ws` whose `1 / ws` is nearest `scale` (BitLinear
+/// divides; an exact inverse does not always exist in f32).
 fn inverse_scale(scale: f32) -> f32 {
-    let mut ws = 1.0 / scale;
-    for _ in 0..64 {
-        if 1.0 / ws == scale {
-            return ws;
-        }
-        ws = f32::from_bits(if 1.0 / ws > scale {
-            ws.to_bits() + 1
-        } else {
-            ws.to_bits() - 1
-        });
-    }
-    panic!("no exact inverse of {scale}");
+    let first = 1.0 / scale;
+    (-8i32..=8)
+        .map(|k| f32::from_bits((first.to_bits() as i32 + k) as u32))
+        .min_by(|a, b| {
+            let (da, db) = ((1.0 / a - scale).abs(), (1.0 / b - scale).abs());
+            da.partial_cmp(&db).unwrap()
+        })
+        .unwrap()
 }
 
 /// Writes fixture `g` as a Hugging Face checkpoint into `dir`, in `shards`
@@ -208,7 +205,11 @@ pub(crate) fn export(g: &Gguf, dir: &Path, weights: Weights, shards: usize) {
     if let Weights::Packed(ws) = weights {
         q.insert(
             "linear_class".into(),
-            json!(if ws == WeightScale::Multiply { "autobitlinear" } else { "bitlinear" }),
+            json!(if ws == WeightScale::Multiply {
+                "autobitlinear"
+            } else {
+                "bitlinear"
+            }),
         );
         q.insert("quantization_mode".into(), json!("offline"));
     }
@@ -218,8 +219,12 @@ pub(crate) fn export(g: &Gguf, dir: &Path, weights: Weights, shards: usize) {
     if !q.is_empty() {
         config["quantization_config"] = serde_json::Value::Object(q);
     }
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    super::vocab::test_files::write_tokenizer_files(g, dir);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    super::vocab::test_files::write_tokenizer_files(g, dir).unwrap();
 
     let mut ts: Vec<St> = vec![
         St(
@@ -293,13 +298,15 @@ pub(crate) fn export(g: &Gguf, dir: &Path, weights: Weights, shards: usize) {
                         WeightScale::Multiply => t.scale,
                         WeightScale::Divide => inverse_scale(t.scale),
                     };
-                    ts.push(St(format!("{p}{hf}.weight_scale"), "F32", vec![1], f32_bytes(&[s])));
+                    ts.push(St(
+                        format!("{p}{hf}.weight_scale"),
+                        "F32",
+                        vec![1],
+                        f32_bytes(&[s]),
+                    ));
                 }
                 Weights::Scaled => {
-                    let v: Vec<f32> = codes
-                        .iter()
-                        .map(|&c| (c as f32 - 1.0) * t.scale)
-                        .collect();
+                    let v: Vec<f32> = codes.iter().map(|&c| (c as f32 - 1.0) * t.scale).collect();
                     ts.push(St(name, "F32", vec![rows, cols], f32_bytes(&v)));
                 }
                 Weights::Master => {
@@ -365,18 +372,61 @@ fn assert_same_tensors(want: &Gguf, got: &Gguf, what: &str) {
             t.name
         );
     }
-    assert_eq!(want.tensors().len(), got.tensors().len(), "{what}: tensor count");
+    assert_eq!(
+        want.tensors().len(),
+        got.tensors().len(),
+        "{what}: tensor count"
+    );
+}
+
+/// As [`assert_same_tensors`], but I2_S scales may differ in the last bit
+/// (a BitLinear checkpoint stores `1 / scale`, and f32 has no exact inverse
+/// of every scale).
+fn assert_same_codes(want: &Gguf, got: &Gguf, what: &str) {
+    for t in want.tensors() {
+        let (g, data) = got.tensor(&t.name).unwrap();
+        assert_eq!((g.ty, &g.dims), (t.ty, &t.dims), "{what}: {}", t.name);
+        if t.ty != GgmlType::I2S {
+            assert!(want.tensor_data(t) == data, "{what}: bytes of {}", t.name);
+            continue;
+        }
+        let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+        let (a, b) = (
+            from_i2s(want.tensor_data(t), rows, cols).unwrap(),
+            from_i2s(data, rows, cols).unwrap(),
+        );
+        assert!(a.codes == b.codes, "{what}: codes of {}", t.name);
+        let ulps = (a.scale.to_bits() as i64 - b.scale.to_bits() as i64).abs();
+        assert!(
+            ulps <= 1,
+            "{what}: scale of {}: {} vs {}",
+            t.name,
+            a.scale,
+            b.scale
+        );
+    }
 }
 
 /// Logits of a few tokens on both models.
 fn assert_same_logits(fixture_name: &str, got: Gguf, what: &str) {
     let a = Model::load(crate::testdata_dir().unwrap().join(fixture_name)).unwrap();
     let b = Model::from_gguf(Arc::new(got)).unwrap();
-    let ids = a.tokenizer.encode("The quick brown fox jumps over 13 lazy dogs.", true, false);
-    assert_eq!(ids, b.tokenizer.encode("The quick brown fox jumps over 13 lazy dogs.", true, false), "{what}: tokens");
+    let ids = a
+        .tokenizer
+        .encode("The quick brown fox jumps over 13 lazy dogs.", true, false);
+    assert_eq!(
+        ids,
+        b.tokenizer
+            .encode("The quick brown fox jumps over 13 lazy dogs.", true, false),
+        "{what}: tokens"
+    );
     let mut sa = Session::new(&a, 64, 8, 1).unwrap();
     let mut sb = Session::new(&b, 64, 8, 1).unwrap();
-    assert_eq!(sa.forward(&ids).unwrap(), sb.forward(&ids).unwrap(), "{what}: logits");
+    assert_eq!(
+        sa.forward(&ids).unwrap(),
+        sb.forward(&ids).unwrap(),
+        "{what}: logits"
+    );
 }
 
 fn opts_for(g: &Gguf) -> Options {
@@ -389,7 +439,11 @@ fn opts_for(g: &Gguf) -> Options {
     let tied = g.tensor_info("output.weight").is_none();
     Options {
         outtype: OutType::I2S,
-        head: if tied { ty("token_embd.weight") } else { ty("output.weight") },
+        head: if tied {
+            ty("token_embd.weight")
+        } else {
+            ty("output.weight")
+        },
         token_embd: ty("token_embd.weight"),
     }
 }
@@ -410,13 +464,22 @@ fn packed_round_trip_gives_the_fixture_bytes_and_logits() {
                 let what = format!("{name} packed {ws:?} in {shards} file(s)");
                 let dir = TempDir::new("packed");
                 export(&g, &dir.0, Weights::Packed(ws), shards);
-                let conv = Conversion::plan(&dir.0, opts_for(&g)).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let conv = Conversion::plan(&dir.0, opts_for(&g))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
                 let out = conv.to_gguf().unwrap();
-                assert_same_tensors(&g, &out, &what);
-                for key in ["tokenizer.ggml.model", "tokenizer.ggml.pre", "general.architecture"] {
+                if ws == WeightScale::Multiply {
+                    assert_same_tensors(&g, &out, &what);
+                } else {
+                    assert_same_codes(&g, &out, &what);
+                }
+                for key in [
+                    "tokenizer.ggml.model",
+                    "tokenizer.ggml.pre",
+                    "general.architecture",
+                ] {
                     assert_eq!(g.get(key), out.get(key), "{what}: {key}");
                 }
-                if shards == 1 {
+                if shards == 1 && ws == WeightScale::Multiply {
                     assert_same_logits(name, out, &what);
                 }
             }
@@ -430,7 +493,10 @@ fn master_weights_are_ternarized_to_the_fixture_codes() {
         let Some(g) = fixture(name) else { return };
         let dir = TempDir::new("master");
         export(&g, &dir.0, Weights::Master, 1);
-        let out = Conversion::plan(&dir.0, opts_for(&g)).unwrap().to_gguf().unwrap();
+        let out = Conversion::plan(&dir.0, opts_for(&g))
+            .unwrap()
+            .to_gguf()
+            .unwrap();
         for t in g.tensors().iter().filter(|t| t.ty == GgmlType::I2S) {
             let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
             let want = from_i2s(g.tensor_data(t), rows, cols).unwrap();
@@ -454,7 +520,10 @@ fn read_master(dir: &Path, gguf_name: &str, rows: usize, cols: usize) -> Vec<f32
     let mut parts = gguf_name.split('.');
     let (_, l, gg) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
     let hf = MATRICES.iter().find(|m| m.0 == gg).unwrap().1;
-    let t = ck.get(&format!("model.layers.{l}.{hf}.weight")).unwrap().clone();
+    let t = ck
+        .get(&format!("model.layers.{l}.{hf}.weight"))
+        .unwrap()
+        .clone();
     ck.read_f32(&t, 0, rows * cols).unwrap()
 }
 
@@ -464,14 +533,19 @@ fn llama_offline_float_weights_convert_exactly() {
         let Some(g) = fixture(name) else { return };
         let dir = TempDir::new("scaled");
         export(&g, &dir.0, Weights::Scaled, 2);
-        let out = Conversion::plan(&dir.0, opts_for(&g)).unwrap().to_gguf().unwrap();
+        let out = Conversion::plan(&dir.0, opts_for(&g))
+            .unwrap()
+            .to_gguf()
+            .unwrap();
         assert_same_tensors(&g, &out, name);
     }
 }
 
 #[test]
 fn float_outtypes_hold_ternary_times_scale() {
-    let Some(g) = fixture("bitnet-tiny.gguf") else { return };
+    let Some(g) = fixture("bitnet-tiny.gguf") else {
+        return;
+    };
     let dir = TempDir::new("f32");
     export(&g, &dir.0, Weights::Packed(WeightScale::Multiply), 1);
     for (outtype, ty) in [(OutType::F32, GgmlType::F32), (OutType::F16, GgmlType::F16)] {
@@ -497,19 +571,37 @@ fn float_outtypes_hold_ternary_times_scale() {
             Some(if ty == GgmlType::F32 { 0 } else { 1 })
         );
         // what llama-quantize I2_S makes of these floats is the fixture
+        // (from F16, with the scale rounded to f16)
         let mut q = vec![0u8; wd.len()];
-        crate::quant::i2s::quantize_i2_s(&got, w.dims[1] as usize, w.dims[0] as usize, &mut q).unwrap();
-        assert!(q == wd, "{outtype:?}: quantize_i2_s of the floats");
+        crate::quant::i2s::quantize_i2_s(&got, w.dims[1] as usize, w.dims[0] as usize, &mut q)
+            .unwrap();
+        let n = wd.len() - 32;
+        assert!(
+            q[..n] == wd[..n],
+            "{outtype:?}: codes by quantize_i2_s of the floats"
+        );
+        let scale = f32::from_le_bytes(q[n..n + 4].try_into().unwrap());
+        let want_scale = if ty == GgmlType::F16 {
+            f16::from_f32(tern.scale).to_f32()
+        } else {
+            tern.scale
+        };
+        assert_eq!(scale, want_scale, "{outtype:?}");
     }
 }
 
 #[test]
 fn head_types_are_llama_quantizes() {
-    let Some(g) = fixture("bitnet-tiny.gguf") else { return };
+    let Some(g) = fixture("bitnet-tiny.gguf") else {
+        return;
+    };
     let dir = TempDir::new("head");
     export(&g, &dir.0, Weights::Packed(WeightScale::Multiply), 1);
     let embd = floats(&g, "token_embd.weight");
-    for (head, ty) in [(FloatType::Q8_0, GgmlType::Q8_0), (FloatType::Q6K, GgmlType::Q6K)] {
+    for (head, ty) in [
+        (FloatType::Q8_0, GgmlType::Q8_0),
+        (FloatType::Q6K, GgmlType::Q6K),
+    ] {
         let opts = Options {
             head,
             ..Options::default()
@@ -518,15 +610,13 @@ fn head_types_are_llama_quantizes() {
         let (t, data) = out.tensor("token_embd.weight").unwrap();
         assert_eq!(t.ty, ty, "the tied head is the embedding");
         let want: Vec<u8> = match ty {
-            GgmlType::Q8_0 => embd
-                .chunks_exact(32)
-                .flat_map(|b| {
-                    let blk = BlockQ8_0::from_f32_ref(b);
-                    let mut v = blk.d.get().to_bits().to_le_bytes().to_vec();
-                    v.extend(blk.qs.iter().map(|&q| q as u8));
-                    v
-                })
-                .collect(),
+            GgmlType::Q8_0 => {
+                let mut v = vec![0u8; embd.len() / 32 * 34];
+                for (x, o) in embd.chunks_exact(32).zip(v.chunks_exact_mut(34)) {
+                    BlockQ8_0::slice_mut(o).unwrap()[0] = BlockQ8_0::from_f32_ref(x);
+                }
+                v
+            }
             _ => {
                 let mut v = vec![0u8; embd.len() / 256 * 210];
                 for (x, o) in embd.chunks_exact(256).zip(v.chunks_exact_mut(210)) {
@@ -582,7 +672,10 @@ fn unknown_architecture_and_bad_config_values() {
     let Some(d) = good_checkpoint() else { return };
     edit_config(&d.0, |c| c["architectures"] = json!(["GPT2LMHeadModel"]));
     let e = plan_err(&d.0);
-    assert!(e.message.contains("GPT2LMHeadModel") && e.message.contains("config.json"), "{e}");
+    assert!(
+        e.message.contains("GPT2LMHeadModel") && e.message.contains("config.json"),
+        "{e}"
+    );
     edit_config(&d.0, |c| {
         c["architectures"] = json!(["LlamaForCausalLM"]);
         c["quantization_config"] = serde_json::Value::Null;
@@ -608,7 +701,9 @@ fn shapes_that_disagree_with_the_config_name_the_tensor() {
     edit_config(&d.0, |c| c["intermediate_size"] = json!(1024));
     let e = plan_err(&d.0);
     assert!(
-        e.message.contains("model.safetensors") && e.message.contains("gate_proj") && e.message.contains("shape"),
+        e.message.contains("model.safetensors")
+            && e.message.contains("gate_proj")
+            && e.message.contains("shape"),
         "{e}"
     );
     edit_config(&d.0, |c| {
@@ -616,10 +711,16 @@ fn shapes_that_disagree_with_the_config_name_the_tensor() {
         c["num_hidden_layers"] = json!(3);
     });
     let e = plan_err(&d.0);
-    assert!(e.message.contains("model.layers.2.") && e.message.contains("missing"), "{e}");
+    assert!(
+        e.message.contains("model.layers.2.") && e.message.contains("missing"),
+        "{e}"
+    );
     edit_config(&d.0, |c| c["num_hidden_layers"] = json!(1));
     let e = plan_err(&d.0);
-    assert!(e.message.contains("model.layers.1.") && e.message.contains("not part of"), "{e}");
+    assert!(
+        e.message.contains("model.layers.1.") && e.message.contains("not part of"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -669,7 +770,10 @@ fn a_dtype_that_cannot_be_the_tensors_is_refused() {
     b.extend_from_slice(&good[8 + hlen..]);
     std::fs::write(&p, &b).unwrap();
     let e = plan_err(&d.0);
-    assert!(e.message.contains("model.norm.weight") && e.message.contains("I32"), "{e}");
+    assert!(
+        e.message.contains("model.norm.weight") && e.message.contains("I32"),
+        "{e}"
+    );
     // packed weights without their weight_scale
     let d2 = good_checkpoint().unwrap();
     let p2 = d2.0.join("model.safetensors");
@@ -677,18 +781,29 @@ fn a_dtype_that_cannot_be_the_tensors_is_refused() {
     let mut ts = Vec::new();
     let mut names: Vec<String> = ck.names().map(String::from).collect();
     names.sort();
-    for n in names.iter().filter(|n| *n != "model.layers.0.mlp.up_proj.weight_scale") {
+    for n in names
+        .iter()
+        .filter(|n| *n != "model.layers.0.mlp.up_proj.weight_scale")
+    {
         let t = ck.get(n).unwrap().clone();
         let dt = match t.dtype {
             Dtype::U8 => "U8",
             _ => "F32",
         };
-        ts.push(St(n.clone(), dt, t.shape.clone(), ck.read_bytes(&t, 0, t.n_elements()).unwrap()));
+        ts.push(St(
+            n.clone(),
+            dt,
+            t.shape.clone(),
+            ck.read_bytes(&t, 0, t.n_elements()).unwrap(),
+        ));
     }
     drop(ck);
     write_safetensors(&p2, &ts);
     let e = plan_err(&d2.0);
-    assert!(e.message.contains("up_proj") && e.message.contains("weight_scale"), "{e}");
+    assert!(
+        e.message.contains("up_proj") && e.message.contains("weight_scale"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -700,7 +815,12 @@ fn write_file_leaves_nothing_behind_on_failure() {
     // break a tensor after planning: the write fails midway
     let p = d.0.join("model.safetensors");
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
     let e = conv.write_file(&target, &mut |_, _| {}).unwrap_err();
     assert!(e.message.contains("model.safetensors"), "{e}");
     let left: Vec<_> = std::fs::read_dir(&out.0).unwrap().collect();

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-
 use crate::common::read_text;
 use crate::error::{model_err, CliResult};
 use crate::output::outln;
