@@ -957,3 +957,325 @@ mod stdout {
         assert_eq!(listed, TESTED);
     }
 }
+
+/// `bitnet convert` and `-m DIR`, on checkpoints built here by hand (not by
+/// the library's own exporter): a byte-level BPE vocabulary, random master
+/// or packed weights.
+mod convert {
+    use super::*;
+    use serde_json::json;
+
+    /// A small deterministic generator.
+    struct Rng(u64);
+    impl Rng {
+        fn f(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
+    const DIM: usize = 128;
+    const FFN: usize = 256;
+    const VOCAB: usize = 258;
+
+    fn safetensors(path: &Path, tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) {
+        let mut h = serde_json::Map::new();
+        let mut off = 0;
+        for (n, dt, shape, data) in tensors {
+            h.insert(
+                n.clone(),
+                json!({"dtype": dt, "shape": shape, "data_offsets": [off, off + data.len()]}),
+            );
+            off += data.len();
+        }
+        let h = serde_json::to_vec(&h).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        for t in tensors {
+            out.extend_from_slice(&t.3);
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn bf16(v: impl Iterator<Item = f32>) -> Vec<u8> {
+        v.flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect()
+    }
+
+    /// GPT-2's byte-to-character map.
+    fn byte_char(b: u8) -> char {
+        let printable = |b: u32| {
+            (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+        };
+        if printable(b as u32) {
+            return char::from_u32(b as u32).unwrap();
+        }
+        let n = (0..b as u32).filter(|&c| !printable(c)).count() as u32;
+        char::from_u32(256 + n).unwrap()
+    }
+
+    /// A checkpoint directory: `llama` = LlamaForCausalLM with packed
+    /// weights in two shards, else BitNetForCausalLM with BF16 master weights.
+    fn checkpoint(name: &str, llama: bool) -> PathBuf {
+        let dir = tmp(name);
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = json!({
+            "architectures": [if llama { "LlamaForCausalLM" } else { "BitNetForCausalLM" }],
+            "hidden_act": if llama { "silu" } else { "relu2" },
+            "hidden_size": DIM, "intermediate_size": FFN, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": VOCAB,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "tie_word_embeddings": !llama, "bos_token_id": 256, "eos_token_id": 257,
+        });
+        if llama {
+            config["quantization_config"] = json!({"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"});
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8)
+            .map(|b| (byte_char(b).to_string(), json!(b as u32)))
+            .collect();
+        let tokenizer = json!({
+            "version": "1.0",
+            "added_tokens": [
+                {"id": 256, "content": "<|begin_of_text|>", "special": true},
+                {"id": 257, "content": "<|end_of_text|>", "special": true}],
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": vocab, "merges": [], "ignore_merges": true},
+        });
+        std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}).to_string(),
+        )
+        .unwrap();
+        let mut rng = Rng(if llama { 11 } else { 5 });
+        let mut ts = vec![
+            (
+                "model.embed_tokens.weight".to_string(),
+                "BF16",
+                vec![VOCAB, DIM],
+                bf16((0..VOCAB * DIM).map(|_| rng.f())),
+            ),
+            (
+                "model.norm.weight".into(),
+                "BF16",
+                vec![DIM],
+                bf16((0..DIM).map(|_| 1.0 + rng.f() * 0.2)),
+            ),
+        ];
+        if llama {
+            ts.push((
+                "lm_head.weight".into(),
+                "BF16",
+                vec![VOCAB, DIM],
+                bf16((0..VOCAB * DIM).map(|_| rng.f())),
+            ));
+        }
+        let l = "model.layers.0.";
+        for (n, len) in [("input_layernorm", DIM), ("post_attention_layernorm", DIM)] {
+            ts.push((
+                format!("{l}{n}.weight"),
+                "BF16",
+                vec![len],
+                bf16((0..len).map(|_| 1.0 + rng.f() * 0.2)),
+            ));
+        }
+        if !llama {
+            ts.push((
+                format!("{l}self_attn.attn_sub_norm.weight"),
+                "BF16",
+                vec![DIM],
+                bf16((0..DIM).map(|_| 1.0 + rng.f() * 0.2)),
+            ));
+            ts.push((
+                format!("{l}mlp.ffn_sub_norm.weight"),
+                "BF16",
+                vec![FFN],
+                bf16((0..FFN).map(|_| 1.0 + rng.f() * 0.2)),
+            ));
+        }
+        for (m, rows, cols) in [
+            ("self_attn.q_proj", DIM, DIM),
+            ("self_attn.k_proj", 64, DIM),
+            ("self_attn.v_proj", 64, DIM),
+            ("self_attn.o_proj", DIM, DIM),
+            ("mlp.gate_proj", FFN, DIM),
+            ("mlp.up_proj", FFN, DIM),
+            ("mlp.down_proj", DIM, FFN),
+        ] {
+            if llama {
+                let packed: Vec<u8> = (0..rows / 4 * cols)
+                    .map(|_| {
+                        (0..4)
+                            .map(|k| (((rng.f() + 0.5) * 2.999) as u8) << (2 * k))
+                            .sum()
+                    })
+                    .collect();
+                ts.push((format!("{l}{m}.weight"), "U8", vec![rows / 4, cols], packed));
+                ts.push((
+                    format!("{l}{m}.weight_scale"),
+                    "BF16",
+                    vec![1],
+                    bf16([0.05f32].into_iter()),
+                ));
+            } else {
+                ts.push((
+                    format!("{l}{m}.weight"),
+                    "BF16",
+                    vec![rows, cols],
+                    bf16((0..rows * cols).map(|_| rng.f() * 0.1)),
+                ));
+            }
+        }
+        if llama {
+            let (a, b) = ts.split_at(5);
+            let mut map = serde_json::Map::new();
+            for (file, part) in [
+                ("model-00001-of-00002.safetensors", a),
+                ("model-00002-of-00002.safetensors", b),
+            ] {
+                safetensors(&dir.join(file), part);
+                for t in part {
+                    map.insert(t.0.clone(), json!(file));
+                }
+            }
+            std::fs::write(
+                dir.join("model.safetensors.index.json"),
+                json!({"weight_map": map}).to_string(),
+            )
+            .unwrap();
+        } else {
+            safetensors(&dir.join("model.safetensors"), &ts);
+        }
+        dir
+    }
+
+    fn greedy(m: &str) -> String {
+        ok(&bitnet(&[
+            "run",
+            "-m",
+            m,
+            "-p",
+            "Hello there",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+        ]))
+    }
+
+    #[test]
+    fn a_converted_file_and_the_directory_give_the_same_tokens() {
+        for (name, llama) in [("ck-bitnet", false), ("ck-llama", true)] {
+            let dir = checkpoint(name, llama);
+            let out = tmp(&format!("{name}.gguf"));
+            let o = bitnet(&["convert", p(&dir), "--outfile", p(&out)]);
+            ok(&o);
+            assert!(text(&o.stderr).contains("wrote"), "{}", text(&o.stderr));
+            assert_eq!(greedy(p(&out)), greedy(p(&dir)), "{name}");
+            let info = ok(&bitnet(&["info", "-m", p(&out)]));
+            let arch = if llama { "llama" } else { "bitnet-b1.58" };
+            assert!(
+                info.contains(&format!("general.architecture = String(\"{arch}\")")),
+                "{info}"
+            );
+            assert!(info.contains("I2_S"), "{info}");
+            let ids = ok(&bitnet(&["tokenize", "-m", p(&dir), "-p", "Hi"]));
+            assert_eq!(ids.trim(), "[256,72,105]");
+        }
+    }
+
+    #[test]
+    fn head_and_outtype_flags() {
+        let dir = checkpoint("ck-flags", false);
+        let out = tmp("ck-flags-q8.gguf");
+        ok(&bitnet(&[
+            "convert",
+            p(&dir),
+            "--outfile",
+            p(&out),
+            "--head",
+            "q8_0",
+        ]));
+        assert!(ok(&bitnet(&["info", "-m", p(&out)])).contains("Q8_0"));
+        let out16 = tmp("ck-flags-f16.gguf");
+        ok(&bitnet(&[
+            "convert",
+            p(&dir),
+            "--outfile",
+            p(&out16),
+            "--outtype",
+            "f16",
+        ]));
+        let info = ok(&bitnet(&["info", "-m", p(&out16)]));
+        let q = info
+            .lines()
+            .find(|l| l.contains("blk.0.attn_q.weight"))
+            .unwrap();
+        assert!(
+            info.contains("general.file_type = U32(1)") && q.contains("F16"),
+            "{info}"
+        );
+        // rows of 128 are not Q6_K blocks of 256: refused, nothing written
+        let q6 = tmp("ck-flags-q6.gguf");
+        fails(
+            &bitnet(&["convert", p(&dir), "--outfile", p(&q6), "--head", "q6_k"]),
+            3,
+            "Q6K",
+        );
+        assert!(!q6.exists());
+        fails(
+            &bitnet(&["convert", p(&dir), "--outfile", p(&q6), "--outtype", "q4"]),
+            2,
+            "q4",
+        );
+    }
+
+    #[test]
+    fn bad_checkpoints_exit_3_and_leave_nothing() {
+        let out_dir = tmp("ck-bad-out");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = out_dir.join("m.gguf");
+        let convert = |dir: &Path| bitnet(&["convert", p(dir), "--outfile", p(&out)]);
+        fails(
+            &convert(Path::new("/nonexistent/ckpt")),
+            3,
+            "/nonexistent/ckpt",
+        );
+        let dir = checkpoint("ck-bad-arch", false);
+        let c = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            c.replace("BitNetForCausalLM", "MambaForCausalLM"),
+        )
+        .unwrap();
+        fails(&convert(&dir), 3, "MambaForCausalLM");
+        fails(
+            &bitnet(&["run", "-m", p(&dir), "-p", "x"]),
+            3,
+            "MambaForCausalLM",
+        );
+        let dir = checkpoint("ck-bad-trunc", false);
+        let st = dir.join("model.safetensors");
+        let len = std::fs::metadata(&st).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&st)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        fails(&convert(&dir), 3, "model.safetensors");
+        let dir = checkpoint("ck-bad-tok", false);
+        std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+        fails(&convert(&dir), 3, "tokenizer");
+        let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}

@@ -48,7 +48,9 @@ pub struct HParams {
     pub rms_eps: f32,
     /// `rope_scaling` of type linear: its factor.
     pub rope_linear_factor: Option<f32>,
-    pub tie_embeddings: bool,
+    /// `tie_word_embeddings`, if config.json says (without it the head is
+    /// tied exactly when there is no `lm_head.weight`).
+    pub tie_embeddings: Option<bool>,
     /// How a `weight_scale` tensor scales its weight.
     pub weight_scale: WeightScale,
     /// `quantization_config.quantization_mode` is "online": the checkpoint
@@ -219,13 +221,13 @@ impl HParams {
                 }
             }
         };
-        let tie_default = family != Family::Llama;
-        let tie_embeddings = match c.get("tie_word_embeddings") {
-            None | Some(Json::Null) => tie_default,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("tie_word_embeddings is {v}, a boolean expected")))?,
-        };
+        let tie_embeddings =
+            match c.get("tie_word_embeddings") {
+                None | Some(Json::Null) => None,
+                Some(v) => Some(v.as_bool().ok_or_else(|| {
+                    bad(format!("tie_word_embeddings is {v}, a boolean expected"))
+                })?),
+            };
         let h = HParams {
             hf_arch,
             family,
@@ -236,9 +238,17 @@ impl HParams {
             n_kv_heads,
             vocab_size: need("vocab_size")?,
             ctx_len: usize_key(c, "max_position_embeddings", file)?.unwrap_or(2048),
-            rope_theta: f32_key(c, "rope_theta", file)?.unwrap_or(10000.0),
-            rms_eps: f32_key(c, "rms_norm_eps", file)?
-                .ok_or_else(|| bad("rms_norm_eps is missing".into()))?,
+            // transformers' defaults of BitNetConfig / LlamaConfig
+            rope_theta: f32_key(c, "rope_theta", file)?.unwrap_or(if family == Family::BitNet158 {
+                500000.0
+            } else {
+                10000.0
+            }),
+            rms_eps: f32_key(c, "rms_norm_eps", file)?.unwrap_or(if family == Family::Llama {
+                1e-6
+            } else {
+                1e-5
+            }),
             rope_linear_factor,
             tie_embeddings,
             weight_scale,
@@ -319,11 +329,13 @@ impl Checkpoint {
         for (name, file) in expected {
             match ck.tensors.get(&name) {
                 Some(t) if ck.shards[t.shard].path.file_name() == Some(file.as_os_str()) => {}
-                _ => return Err(Error::format(format!(
+                _ => {
+                    return Err(Error::format(format!(
                     "{}: tensor '{name}' is listed in model.safetensors.index.json but not in {}",
                     dir.display(),
                     file.display()
-                ))),
+                )))
+                }
             }
         }
         Ok(ck)

@@ -196,18 +196,17 @@ impl Conversion {
             &["model.embed_tokens.weight"],
             &[h.vocab_size, h.dim],
         )?;
-        let lm_head = ck.get("lm_head.weight").cloned();
-        let tied = h.tie_embeddings || lm_head.is_none();
-        if !h.tie_embeddings && lm_head.is_none() {
+        let lm_head = ck.get("lm_head.weight").is_some();
+        let tied = h.tie_embeddings.unwrap_or(!lm_head);
+        if !tied && !lm_head {
             return Err(Error::format(format!(
                 "{}: tie_word_embeddings is false but there is no lm_head.weight",
                 dir.display()
             )));
         }
-        if tied {
-            if lm_head.is_some() {
-                used.push("lm_head.weight".into());
-            }
+        if tied && lm_head {
+            // transformers ties it to the embedding: the stored copy is unused
+            used.push("lm_head.weight".into());
         }
         let embd_ty = match opts.outtype {
             OutType::F32 => FloatType::F32,

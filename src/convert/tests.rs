@@ -877,3 +877,39 @@ fn ternary_helpers_agree_with_the_writer() {
     let p = ternary::permute_rows(&codes, 16, 4, 2);
     assert_eq!(unpermute(&p, 16, 4, 2), codes);
 }
+
+#[test]
+fn the_head_is_tied_as_transformers_ties_it() {
+    let Some(g) = fixture("llama-i2s-tiny.gguf") else {
+        return;
+    };
+    let dir = TempDir::new("tie");
+    export(&g, &dir.0, Weights::Packed(WeightScale::Multiply), 1);
+    let has_output = |d: &Path| {
+        let out = Conversion::plan(d, Options::default())
+            .unwrap()
+            .to_gguf()
+            .unwrap();
+        out.tensor_info("output.weight").is_some()
+    };
+    // no tie_word_embeddings: tied exactly when there is no lm_head.weight
+    edit_config(&dir.0, |c| {
+        c.as_object_mut().unwrap().remove("tie_word_embeddings");
+    });
+    assert!(has_output(&dir.0));
+    // tie_word_embeddings true: the stored lm_head is transformers' tied copy
+    edit_config(&dir.0, |c| c["tie_word_embeddings"] = json!(true));
+    assert!(!has_output(&dir.0));
+    let Some(g) = fixture("bitnet-tiny.gguf") else {
+        return;
+    };
+    let dir = TempDir::new("tie2");
+    export(&g, &dir.0, Weights::Packed(WeightScale::Multiply), 1);
+    edit_config(&dir.0, |c| {
+        c.as_object_mut().unwrap().remove("tie_word_embeddings");
+    });
+    assert!(!has_output(&dir.0));
+    edit_config(&dir.0, |c| c["tie_word_embeddings"] = json!(false));
+    let e = plan_err(&dir.0);
+    assert!(e.message.contains("lm_head"), "{e}");
+}

@@ -570,10 +570,13 @@ fn bpe_vocab(tj: &JsonFile, dir: &Path, vocab_size: usize) -> Result<Vocab> {
 /// (transformers 4.45 on; a space inside a part is written as `Ġ`, as
 /// gguf-py does), else `merges.txt`.
 fn bpe_merges(tj: &JsonFile, model: &Json, dir: &Path) -> Result<Vec<String>> {
-    if let Some(Json::Array(list)) = model
-        .get("merges")
-        .filter(|m| m.as_array().is_some_and(|a| !a.is_empty()))
-    {
+    // An empty list is a vocabulary of single characters (and llama.cpp
+    // takes an empty merge list); a merges.txt beside it wins then.
+    let merges_txt = dir.join("merges.txt");
+    if let Some(Json::Array(list)) = model.get("merges").filter(|m| {
+        m.as_array()
+            .is_some_and(|a| !a.is_empty() || !merges_txt.is_file())
+    }) {
         let escape = |s: &str| s.replace(' ', "\u{120}");
         return list
             .iter()
@@ -592,9 +595,9 @@ fn bpe_merges(tj: &JsonFile, model: &Json, dir: &Path) -> Result<Vec<String>> {
             })
             .collect();
     }
-    let path = dir.join("merges.txt");
+    let path = merges_txt;
     if !path.is_file() {
-        return Err(tj.err("model.merges is missing or empty, and there is no merges.txt"));
+        return Err(tj.err("model.merges is missing, and there is no merges.txt"));
     }
     let text = String::from_utf8(read_file(&path)?).map_err(|_| file_err(&path, "not UTF-8"))?;
     // gguf-py: a first line starting with '#' is a header; lines that are
@@ -1600,13 +1603,18 @@ mod tests {
             "{e}"
         );
 
-        tj["model"]["merges"] = json!([]);
+        // no merges at all: an error; an empty list: a merge-free vocabulary
+        tj["model"].as_object_mut().unwrap().remove("merges");
         std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
         let e = err(&dir, 300);
         assert!(
             e.contains("tokenizer.json") && e.contains("merges.txt"),
             "{e}"
         );
+        tj["model"]["merges"] = json!([]);
+        std::fs::write(dir.join("tokenizer.json"), tj.to_string()).unwrap();
+        let md = vocab_metadata(&dir, &json!({}), 300).unwrap();
+        assert!(strings(&md, "tokenizer.ggml.merges").is_empty());
         std::fs::write(
             dir.join("merges.txt"),
             "#version: 0.2\nĠ t\nbad line here\nh e\n",
