@@ -286,6 +286,10 @@ struct Shard {
     file: File,
 }
 
+/// The safetensors files of a checkpoint, and (sharded) the file the index
+/// names for each tensor.
+type ShardFiles = (Vec<PathBuf>, Vec<(String, PathBuf)>);
+
 /// A checkpoint directory, opened.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -343,7 +347,7 @@ impl Checkpoint {
 
     /// The safetensors files of `dir`, and (for a sharded checkpoint) which
     /// tensor the index puts in which file.
-    fn shard_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>)> {
+    fn shard_files(dir: &Path) -> Result<ShardFiles> {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
             let j = read_json(&index)?;
@@ -406,7 +410,14 @@ impl Checkpoint {
         let entries =
             parse_header(&map).map_err(|e| Error::format(format!("{}: {e}", path.display())))?;
         let shard = self.shards.len();
-        for (name, dtype, shape, offset, len) in entries {
+        for HeaderEntry {
+            name,
+            dtype,
+            shape,
+            offset,
+            len,
+        } in entries
+        {
             if let Some(prev) = self.tensors.get(&name) {
                 return Err(Error::format(format!(
                     "{}: tensor '{name}' is also in {}",
@@ -499,22 +510,37 @@ impl Checkpoint {
     }
 }
 
-/// Parses and validates one safetensors file's header: (name, dtype, shape,
-/// file offset of the data, data length) per tensor, in file order.
-pub fn parse_header(
-    bytes: &[u8],
-) -> std::result::Result<Vec<(String, Dtype, Vec<usize>, u64, usize)>, String> {
+/// One tensor of a safetensors header.
+#[derive(Debug, Clone)]
+pub struct HeaderEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte offset of the data in the file.
+    pub offset: u64,
+    pub len: usize,
+}
+
+/// Parses and validates one safetensors file's header: its tensors in file
+/// order.
+pub fn parse_header(bytes: &[u8]) -> std::result::Result<Vec<HeaderEntry>, String> {
     let (n, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let base = 8 + n as u64;
-    let mut out: Vec<_> = meta
+    let mut out: Vec<HeaderEntry> = meta
         .tensors()
         .into_iter()
         .map(|(name, info)| {
             let (s, e) = info.data_offsets;
-            (name, info.dtype, info.shape.clone(), base + s as u64, e - s)
+            HeaderEntry {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                offset: base + s as u64,
+                len: e - s,
+            }
         })
         .collect();
-    out.sort_by_key(|t| t.3);
+    out.sort_by_key(|t| t.offset);
     Ok(out)
 }

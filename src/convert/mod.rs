@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use half::f16;
 use safetensors::Dtype;
 
-pub use checkpoint::{parse_header, Checkpoint, HParams, TensorRef, WeightScale};
+pub use checkpoint::{parse_header, Checkpoint, HParams, HeaderEntry, TensorRef, WeightScale};
 pub use ternary::Ternary;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -644,7 +644,7 @@ fn ternary_job(
     let ws = ck.get(&format!("{hf}.weight_scale")).cloned();
     match t.dtype {
         Dtype::U8 => {
-            if rows % 4 != 0 || t.shape != [rows / 4, cols] {
+            if !rows.is_multiple_of(4) || t.shape != [rows / 4, cols] {
                 return Err(ck.tensor_err(
                     &t,
                     format!(
@@ -684,7 +684,7 @@ fn ternary_job(
     }
     let ty = match outtype {
         OutType::I2S => {
-            if (rows * cols) % crate::quant::i2s::QK_I2_S != 0 {
+            if !(rows * cols).is_multiple_of(crate::quant::i2s::QK_I2_S) {
                 return Err(ck.tensor_err(
                     &t,
                     format!(

@@ -52,7 +52,7 @@ pub(crate) fn write_safetensors(path: &Path, tensors: &[St]) {
         off += data.len();
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -859,10 +859,10 @@ fn header_parser_survives_mutations() {
             let mut b = good.clone();
             b[i] ^= bit;
             if let Ok(ts) = parse_header(&b) {
-                for (_, dt, shape, off, len) in ts {
-                    let n: usize = shape.iter().product();
-                    assert_eq!(n * dt.bitsize() / 8, len);
-                    assert!(off as usize + len <= b.len());
+                for t in ts {
+                    let n: usize = t.shape.iter().product();
+                    assert_eq!(n * t.dtype.bitsize() / 8, t.len);
+                    assert!(t.offset as usize + t.len <= b.len());
                 }
             }
         }
