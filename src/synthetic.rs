@@ -413,6 +413,218 @@ pub fn write_model(
     Ok(())
 }
 
+/// Writes a synthetic Hugging Face checkpoint of `shape` into `dir` (made
+/// if missing), as the published BitNet checkpoints lay it out, so that
+/// `bitnet convert` can be measured without a download: `config.json`, the
+/// tokenizer files of `vocab` (or of the made-up vocabulary), and BF16
+/// weights in safetensors shards of at most 4 GiB with
+/// `model.safetensors.index.json`. The ternary matrices are BF16 master
+/// weights, or with `packed` transformers' packed `uint8` with a BF16
+/// `weight_scale` (AutoBitLinear, offline). `progress(done, total)` as
+/// tensor bytes are written.
+pub fn write_checkpoint(
+    dir: &Path,
+    shape: Shape,
+    vocab: Option<&Gguf>,
+    packed: bool,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let s = shape;
+    let io = |e: std::io::Error, p: &Path| {
+        Error::new(crate::ErrorKind::Io, format!("{}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    let llama = s.family == Family::Llama;
+    let mut config = serde_json::json!({
+        "architectures": [match s.family {
+            Family::BitNet158 => "BitNetForCausalLM",
+            Family::BitNet => "BitnetForCausalLM",
+            Family::Llama => "LlamaForCausalLM",
+        }],
+        "hidden_act": if s.family == Family::BitNet158 { "relu2" } else { "silu" },
+        "hidden_size": s.dim,
+        "intermediate_size": s.ffn_dim,
+        "num_hidden_layers": s.n_layers,
+        "num_attention_heads": s.n_heads,
+        "num_key_value_heads": s.n_kv_heads,
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.ctx_len,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": s.rope_theta,
+        "tie_word_embeddings": !llama,
+        "torch_dtype": "bfloat16",
+    });
+    if packed || llama {
+        config["quantization_config"] = serde_json::json!({
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": if packed { "offline" } else { "online" },
+        });
+    }
+    let p = dir.join("config.json");
+    std::fs::write(&p, config.to_string()).map_err(|e| io(e, &p))?;
+    let made_up;
+    let vocab = match vocab {
+        Some(v) => v,
+        None => {
+            let md = tokenizer_metadata(None, s.vocab_size)?;
+            let mut bytes = Vec::new();
+            gguf::write(&mut bytes, &md, &[], 32, &mut |_, _| Ok(()))?;
+            made_up = Gguf::from_bytes(bytes)?;
+            &made_up
+        }
+    };
+    crate::convert::vocab::export::write_tokenizer_files(vocab, dir)?;
+
+    // (name, dtype, shape); data generated when written
+    let (d, f, kv) = (s.dim, s.ffn_dim, s.n_kv_heads * s.head_dim());
+    let mut tensors: Vec<(String, &str, Vec<usize>)> = vec![
+        (
+            "model.embed_tokens.weight".into(),
+            "BF16",
+            vec![s.vocab_size, d],
+        ),
+        ("model.norm.weight".into(), "BF16", vec![d]),
+    ];
+    if llama {
+        tensors.push(("lm_head.weight".into(), "BF16", vec![s.vocab_size, d]));
+    }
+    for l in 0..s.n_layers {
+        let p = format!("model.layers.{l}.");
+        tensors.push((format!("{p}input_layernorm.weight"), "BF16", vec![d]));
+        tensors.push((
+            format!("{p}post_attention_layernorm.weight"),
+            "BF16",
+            vec![d],
+        ));
+        if s.family.sub_norms() {
+            let (a, b) = if s.family == Family::BitNet {
+                ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")
+            } else {
+                ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+            };
+            tensors.push((format!("{p}{a}.weight"), "BF16", vec![d]));
+            tensors.push((format!("{p}{b}.weight"), "BF16", vec![f]));
+        }
+        for (m, rows, cols) in [
+            ("self_attn.q_proj", d, d),
+            ("self_attn.k_proj", kv, d),
+            ("self_attn.v_proj", kv, d),
+            ("self_attn.o_proj", d, d),
+            ("mlp.gate_proj", f, d),
+            ("mlp.up_proj", f, d),
+            ("mlp.down_proj", d, f),
+        ] {
+            if packed {
+                tensors.push((format!("{p}{m}.weight"), "U8", vec![rows / 4, cols]));
+                tensors.push((format!("{p}{m}.weight_scale"), "BF16", vec![1]));
+            } else {
+                tensors.push((format!("{p}{m}.weight"), "BF16", vec![rows, cols]));
+            }
+        }
+    }
+    let bytes_of = |t: &(String, &str, Vec<usize>)| -> u64 {
+        let n: usize = t.2.iter().product();
+        (if t.1 == "U8" { n } else { 2 * n }) as u64
+    };
+    // shards of at most 4 GiB, in order
+    const SHARD: u64 = 4 << 30;
+    let mut shards: Vec<Vec<usize>> = vec![vec![]];
+    let mut size = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        if size > 0 && size + bytes_of(t) > SHARD {
+            shards.push(vec![]);
+            size = 0;
+        }
+        shards.last_mut().expect("one").push(i);
+        size += bytes_of(t);
+    }
+    let total: u64 = tensors.iter().map(bytes_of).sum();
+    let mut done = 0u64;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut weight_map = serde_json::Map::new();
+    let n_shards = shards.len();
+    for (k, members) in shards.iter().enumerate() {
+        let name = if n_shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n_shards:05}.safetensors", k + 1)
+        };
+        let path = dir.join(&name);
+        let mut header = serde_json::Map::new();
+        let mut off = 0u64;
+        for &i in members {
+            let t = &tensors[i];
+            header.insert(
+                t.0.clone(),
+                serde_json::json!({"dtype": t.1, "shape": t.2, "data_offsets": [off, off + bytes_of(t)]}),
+            );
+            weight_map.insert(t.0.clone(), serde_json::json!(name));
+            off += bytes_of(t);
+        }
+        let mut h = serde_json::to_vec(&header).map_err(|e| Error::invalid(e.to_string()))?;
+        while !h.len().is_multiple_of(8) {
+            h.push(b' ');
+        }
+        let file = std::fs::File::create(&path).map_err(|e| io(e, &path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&(h.len() as u64).to_le_bytes())?;
+        out.write_all(&h)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        for &i in members {
+            let (name, dtype, dims) = &tensors[i];
+            let n: usize = dims.iter().product();
+            let norm = dims.len() == 1 && !name.ends_with("weight_scale");
+            for _ in 0..n {
+                let r = rng.next();
+                let u = (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if *dtype == "U8" {
+                    // four values a byte: 40% zeros (1), 30% -1 (0), 30% +1 (2)
+                    let mut byte = 0u8;
+                    for k in 0..4 {
+                        let x = ((r >> (16 * k)) & 0xFFFF) * 10 / 0x10000;
+                        let v = if x < 4 {
+                            1
+                        } else if x < 7 {
+                            0
+                        } else {
+                            2
+                        };
+                        byte |= v << (2 * k);
+                    }
+                    buf.push(byte);
+                } else {
+                    let v = if norm {
+                        1.0 + u * 0.2
+                    } else if name.ends_with("weight_scale") {
+                        0.02 + (u + 0.5) * 0.01
+                    } else {
+                        u * 0.1
+                    };
+                    buf.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+                }
+                if buf.len() >= 1 << 16 {
+                    out.write_all(&buf)?;
+                    buf.clear();
+                }
+            }
+            out.write_all(&buf)?;
+            buf.clear();
+            done += bytes_of(&tensors[i]);
+            progress(done, total);
+        }
+        out.flush()?;
+    }
+    if n_shards > 1 {
+        let p = dir.join("model.safetensors.index.json");
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        std::fs::write(&p, index.to_string()).map_err(|e| io(e, &p))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,6 +676,32 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("do not fit"));
+        }
+    }
+
+    #[test]
+    fn a_synthetic_checkpoint_of_each_family_converts_and_runs() {
+        for (family, packed) in [
+            (Family::BitNet158, true),
+            (Family::BitNet, false),
+            (Family::Llama, true),
+            (Family::Llama, false),
+        ] {
+            let shape = Shape::MICRO.with_family(family);
+            let dir = std::env::temp_dir().join(format!(
+                "bitnet-synth-ckpt-{}-{}-{packed}",
+                std::process::id(),
+                shape.arch()
+            ));
+            std::fs::remove_dir_all(&dir).ok();
+            write_checkpoint(&dir, shape, None, packed, 3, &mut |_, _| {}).unwrap();
+            let g = crate::convert::open_gguf(&dir);
+            std::fs::remove_dir_all(&dir).ok();
+            let model = Model::from_gguf(std::sync::Arc::new(g.unwrap())).unwrap();
+            assert_eq!(model.config.family, family);
+            let mut s = Session::new(&model, 16, 4, 1).unwrap();
+            let logits = s.forward(&[256, 10, 20]).unwrap();
+            assert!(logits.iter().all(|l| l.is_finite()));
         }
     }
 }

@@ -224,7 +224,7 @@ pub(crate) fn export(g: &Gguf, dir: &Path, weights: Weights, shards: usize) {
         serde_json::to_vec_pretty(&config).unwrap(),
     )
     .unwrap();
-    super::vocab::test_files::write_tokenizer_files(g, dir).unwrap();
+    super::vocab::export::write_tokenizer_files(g, dir).unwrap();
 
     let mut ts: Vec<St> = vec![
         St(

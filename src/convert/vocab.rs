@@ -952,10 +952,10 @@ fn chat_template(dir: &Path, tokenizer_config: Option<&JsonFile>) -> Result<Opti
         .and_then(|f| f.json.get("chat_template")?.as_str().map(str::to_string)))
 }
 
-/// Writers of the tokenizer files of a Hugging Face checkpoint, for tests
-/// that convert a checkpoint made from a GGUF vocabulary.
-#[cfg(test)]
-pub(crate) mod test_files {
+/// Writers of the tokenizer files of a Hugging Face checkpoint from a GGUF
+/// vocabulary (the inverse of [`vocab_metadata`]): synthetic checkpoints
+/// (`bitnet gen-model --checkpoint`) and the round-trip tests.
+pub mod export {
     use super::*;
     use serde_json::json;
 
@@ -967,7 +967,7 @@ pub(crate) mod test_files {
     /// `tokenizer_config.json` with the BOS / EOS / unknown / padding tokens,
     /// `add_bos_token` / `add_eos_token` and the chat template of `g`.
     /// (config.json is the caller's: `vocab_metadata` takes it parsed.)
-    pub(crate) fn write_tokenizer_files(g: &Gguf, dir: &Path) -> Result<()> {
+    pub fn write_tokenizer_files(g: &Gguf, dir: &Path) -> Result<()> {
         let tokens = match g.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
             Some(Array::String(t)) => t.as_slice(),
             _ => return Err(Error::format("tokenizer.ggml.tokens is missing")),
@@ -1200,7 +1200,7 @@ pub(crate) mod test_files {
 
 #[cfg(test)]
 mod tests {
-    use super::test_files::*;
+    use super::export::*;
     use super::*;
     use serde_json::json;
 

@@ -23,8 +23,21 @@ pub(crate) struct GenModelArgs {
     #[arg(long)]
     arch: Option<String>,
     /// File to write.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "checkpoint",
+        conflicts_with = "checkpoint"
+    )]
+    output: Option<PathBuf>,
+    /// Write a Hugging Face checkpoint directory instead (config.json, tokenizer files, BF16
+    /// safetensors shards), the input of `bitnet convert`.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// With --checkpoint: the ternary weights packed 4 to a byte with a weight_scale
+    /// (transformers' offline format) instead of BF16 master weights.
+    #[arg(long, requires = "checkpoint")]
+    packed: bool,
     /// Take the vocabulary from this GGUF (default: a made-up byte-level one).
     #[arg(long)]
     vocab: Option<PathBuf>,
@@ -49,14 +62,38 @@ pub(crate) fn gen_model(a: GenModelArgs) -> CliResult {
     };
     let mut bar = Progress::new("writing");
     let t = Instant::now();
-    synthetic::write_model(&a.output, shape, vocab.as_ref(), a.seed, &mut |d, total| {
-        bar.update(d, total)
-    })
-    .map_err(|e| e.to_string())?;
-    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    let (path, size) = match (&a.output, &a.checkpoint) {
+        (Some(out), _) => {
+            synthetic::write_model(out, shape, vocab.as_ref(), a.seed, &mut |d, total| {
+                bar.update(d, total)
+            })
+            .map_err(|e| e.to_string())?;
+            (out, std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+        }
+        (None, Some(dir)) => {
+            synthetic::write_checkpoint(
+                dir,
+                shape,
+                vocab.as_ref(),
+                a.packed,
+                a.seed,
+                &mut |d, total| bar.update(d, total),
+            )
+            .map_err(|e| e.to_string())?;
+            let size = std::fs::read_dir(dir)
+                .map(|r| {
+                    r.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            (dir, size)
+        }
+        (None, None) => return Err(CliError::Usage("give -o FILE or --checkpoint DIR".into())),
+    };
     eprintln!(
         "wrote {} ({} bytes) in {:.1} s",
-        a.output.display(),
+        path.display(),
         size,
         t.elapsed().as_secs_f64()
     );
