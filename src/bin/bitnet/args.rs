@@ -13,7 +13,7 @@ use crate::error::{CliError, CliResult};
 
 #[derive(Args, Clone)]
 pub(crate) struct Common {
-    /// Model file (GGUF).
+    /// Model: a GGUF file, or a Hugging Face checkpoint directory (converted in memory).
     #[arg(short, long)]
     pub(crate) model: PathBuf,
     /// Threads (0: one per CPU).

@@ -19,7 +19,7 @@ use crate::output::outln;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model file (default: a synthetic model of --shape, cached on disk).
+    /// Model file or checkpoint directory (default: a synthetic model of --shape, cached on disk).
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Shape of the synthetic model: 2b4t, large, 3b, 8b, falcon3-3b, falcon3-10b, tiny or micro

@@ -69,7 +69,7 @@ enum Command {
     Loadgen(serve::LoadgenArgs),
     /// Show a model's configuration and tensors.
     Info {
-        /// Model file (GGUF).
+        /// Model: a GGUF file, or a Hugging Face checkpoint directory (converted in memory).
         #[arg(short, long)]
         model: PathBuf,
     },

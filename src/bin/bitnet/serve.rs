@@ -19,7 +19,7 @@ use crate::output::outln;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Model file (GGUF).
+    /// Model: a GGUF file, or a Hugging Face checkpoint directory (converted in memory).
     #[arg(short, long)]
     model: PathBuf,
     /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).

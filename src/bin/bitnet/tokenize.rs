@@ -10,7 +10,7 @@ use crate::output::outln;
 
 #[derive(Args)]
 pub(crate) struct TokenizeArgs {
-    /// Model file (GGUF) whose tokenizer is used.
+    /// Model (a GGUF file or a checkpoint directory) whose tokenizer is used.
     #[arg(short, long)]
     model: PathBuf,
     /// Text to tokenize.
