@@ -461,7 +461,7 @@ impl Conversion {
             return ternary::from_scaled(&w).map_err(|m| ck.tensor_err(t, m));
         }
         let to_f16 = h.family == Family::BitNet && t.dtype == Dtype::F16;
-        Ok(ternary::absmean(&w, to_f16))
+        ternary::absmean(&w, to_f16).map_err(|m| ck.tensor_err(t, m))
     }
 
     /// Writes the GGUF to `path` through a temporary file in the same

@@ -29,31 +29,43 @@ pub struct Ternary {
 /// The mean is the f32 rounding of the exact mean (summed in f64); torch
 /// sums f32 in blocks, so on a large tensor its mean can differ from this
 /// one in the last bit, and with it the scale.
-pub fn absmean(w: &[f32], to_f16: bool) -> Ternary {
+pub fn absmean(w: &[f32], to_f16: bool) -> std::result::Result<Ternary, String> {
     let sum: f64 = w.iter().map(|&v| v.abs() as f64).sum();
+    if !sum.is_finite() {
+        return Err("holds a non-finite value".into());
+    }
     let mean = if w.is_empty() {
         0.0
     } else {
         (sum / w.len() as f64) as f32
     };
     let s = 1.0f32 / mean.max(1e-5);
+    // clamp(round_half_even(v), -1, 1) without the rounding: ±0.5 rounds
+    // to 0 (even), beyond it the sign
     let mut any = false;
     let codes = w
         .iter()
         .map(|&v| {
-            let t = (v * s).round_ties_even().clamp(-1.0, 1.0);
-            any |= t != 0.0;
-            (t as i32 + 1) as u8
+            let v = v * s;
+            let code = if v > 0.5 {
+                2
+            } else if v < -0.5 {
+                0
+            } else {
+                CODE_ZERO
+            };
+            any |= code != CODE_ZERO;
+            code
         })
         .collect();
     let mut scale = 1.0f32 / s;
     if to_f16 {
         scale = f16::from_f32(scale).to_f32();
     }
-    Ternary {
+    Ok(Ternary {
         codes,
         scale: if any { scale } else { 0.0 },
-    }
+    })
 }
 
 /// Weights that are already ternary times one scale (an offline checkpoint
@@ -156,20 +168,48 @@ mod tests {
         // to even), 0.375*4 = 1.5 -> 2 -> 1, -0.4*4 = -1.6 -> -1.
         let w = [0.1, 0.125, 0.375, -0.4, 0.0, 0.5];
         let mean = w.iter().map(|v: &f32| v.abs()).sum::<f32>() / 6.0;
-        let t0 = absmean(&w, false);
+        let t0 = absmean(&w, false).unwrap();
         assert_eq!(t0.codes, vec![1, 1, 2, 0, 1, 2]);
         assert_eq!(t0.scale, 1.0 / (1.0 / mean));
         // 1.5 rounds to 2 (even) then clamps; -0.5*s = -0.5 rounds to -0 -> 0
-        let t = absmean(&[2.0, -0.5, 1.5, 0.0], false);
+        let t = absmean(&[2.0, -0.5, 1.5, 0.0], false).unwrap();
         assert_eq!(t.codes, vec![2, 1, 2, 1]);
-        assert_eq!(absmean(&[0.0; 8], false).scale, 0.0, "all zero: no scale");
+        assert_eq!(
+            absmean(&[0.0; 8], false).unwrap().scale,
+            0.0,
+            "all zero: no scale"
+        );
+        assert!(absmean(&[1.0, f32::NAN], false).is_err());
         // tiny weights: the mean is clamped to 1e-5
-        let t = absmean(&[1e-7, -1.5e-5], false);
+        let t = absmean(&[1e-7, -1.5e-5], false).unwrap();
         assert_eq!(t.codes, vec![1, 0]);
         assert_eq!(t.scale, 1.0 / (1.0 / 1e-5f32));
-        let t16 = absmean(&w, true);
+        let t16 = absmean(&w, true).unwrap();
         assert_eq!(t16.codes, t0.codes);
         assert_eq!(t16.scale, f16::from_f32(t0.scale).to_f32());
+    }
+
+    #[test]
+    fn absmean_codes_are_torch_round_then_clamp() {
+        // the comparison in absmean against the definition, on values
+        // around the ±0.5 ties and beyond
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut w: Vec<f32> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect();
+        w.extend([0.5, -0.5, 0.25, -0.25, 1.5, -1.5, 0.0, -0.0]);
+        let t = absmean(&w, false).unwrap();
+        let mean = (w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64) as f32;
+        let s = 1.0 / mean;
+        for (&v, &c) in w.iter().zip(&t.codes) {
+            let want = (v * s).round_ties_even().clamp(-1.0, 1.0) as i32 + 1;
+            assert_eq!(c as i32, want, "{v}");
+        }
     }
 
     #[test]
@@ -177,7 +217,7 @@ mod tests {
         // what bitnet.cpp's converter does to weights that are already
         // ternary: mean = c · (nonzero fraction), so the scale shrinks
         let w = [0.5f32, -0.5, 0.0, 0.5, 0.0];
-        let t = absmean(&w, false);
+        let t = absmean(&w, false).unwrap();
         assert_eq!(t.codes, vec![2, 0, 1, 2, 1]);
         assert!((t.scale - 0.3).abs() < 1e-6);
     }
