@@ -192,6 +192,12 @@ impl HParams {
                 "hidden_size {dim}, num_attention_heads {n_heads}, num_key_value_heads {n_kv_heads} do not divide"
             )));
         }
+        if family == Family::Llama && (dim / n_heads) % 2 != 0 {
+            return Err(bad(format!(
+                "head size {} is odd: llama's q/k rows cannot be paired for RoPE",
+                dim / n_heads
+            )));
+        }
         if let Some(hd) = usize_key(c, "head_dim", file)? {
             if hd != dim / n_heads {
                 return Err(Error::unsupported(format!(
