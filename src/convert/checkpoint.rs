@@ -67,14 +67,16 @@ impl HParams {
 fn usize_key(c: &Json, key: &str, file: &Path) -> Result<Option<usize>> {
     match c.get(key) {
         None | Some(Json::Null) => Ok(None),
+        // GGUF stores these as u32
         Some(v) => v
             .as_u64()
-            .and_then(|v| usize::try_from(v).ok())
-            .map(Some)
+            .filter(|&v| v <= u32::MAX as u64)
+            .map(|v| Some(v as usize))
             .ok_or_else(|| {
                 Error::format(format!(
-                    "{}: {key} is {v}, a non-negative integer expected",
-                    file.display()
+                    "{}: {key} is {v}, an integer from 0 to {} expected",
+                    file.display(),
+                    u32::MAX
                 ))
             }),
     }

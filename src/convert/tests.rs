@@ -688,6 +688,9 @@ fn unknown_architecture_and_bad_config_values() {
     });
     let e = plan_err(&d.0);
     assert!(e.message.contains("hidden_size"), "{e}");
+    edit_config(&d.0, |c| c["hidden_size"] = json!(1u64 << 40));
+    let e = plan_err(&d.0);
+    assert!(e.message.contains("hidden_size"), "{e}");
     edit_config(&d.0, |c| c["hidden_size"] = json!(255));
     let e = plan_err(&d.0);
     assert!(e.message.contains("hidden_size"), "{e}");
