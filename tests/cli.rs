@@ -432,6 +432,15 @@ mod usage_errors_exit_2 {
     }
 
     #[test]
+    fn np_is_llama_servers_spelling_of_parallel() {
+        fails(
+            &bitnet(&["serve", "-m", "x.gguf", "-np", "many"]),
+            2,
+            "--parallel",
+        );
+    }
+
+    #[test]
     fn an_unknown_subcommand() {
         fails(&bitnet(&["frobnicate"]), 2, "unrecognized subcommand");
     }

@@ -598,3 +598,59 @@ mod tests {
         assert!(v.get("usage").is_none());
     }
 }
+
+/// `POST /tokenize`, as llama-server takes it: the text's token ids
+/// (special tokens in the text recognised; BOS with `add_special` when the
+/// model adds one), each with its text when `with_pieces`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeRequest {
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub add_special: bool,
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+/// `POST /detokenize`: the text of token ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetokenizeRequest {
+    #[serde(default)]
+    pub tokens: Vec<u32>,
+}
+
+/// The answer of `/tokenize`: ids, or ids with their pieces.
+#[derive(Debug, Serialize)]
+pub struct Tokens<T: Serialize> {
+    pub tokens: Vec<T>,
+}
+
+/// A token with its text: a string when its bytes are UTF-8, else the
+/// bytes (llama-server's convention).
+#[derive(Debug, Serialize)]
+pub struct Piece {
+    pub id: u32,
+    pub piece: PieceText,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PieceText {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl PieceText {
+    pub fn of(bytes: &[u8]) -> PieceText {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => PieceText::Text(s.to_string()),
+            Err(_) => PieceText::Bytes(bytes.to_vec()),
+        }
+    }
+}
+
+/// The answer of `/detokenize`.
+#[derive(Debug, Serialize)]
+pub struct Detokenized {
+    pub content: String,
+}

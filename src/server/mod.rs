@@ -41,7 +41,8 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::SamplerConfig;
 use api::{
-    ChatRequest, CompletionRequest, ErrorBody, Health, Kind, ModelList, Reply, Settings, Usage,
+    ChatRequest, CompletionRequest, DetokenizeRequest, Detokenized, ErrorBody, Health, Kind,
+    ModelList, Piece, PieceText, Reply, Settings, TokenizeRequest, Tokens, Usage,
 };
 use engine::{Engine, EngineConfig, Event, Job};
 
@@ -190,6 +191,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics_text))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -245,6 +248,61 @@ async fn health() -> Response {
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
     Json(ModelList::one(&st.cfg.model_name, now())).into_response()
+}
+
+/// llama-server's `/tokenize`.
+async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: TokenizeRequest = match parse(&st, body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let tok = &st.model.tokenizer;
+    let ids = tok.encode(&req.content, req.add_special && tok.add_bos, true);
+    if req.with_pieces {
+        let tokens = ids
+            .iter()
+            .map(|&id| Piece {
+                id,
+                piece: PieceText::of(tok.token_to_bytes(id, true)),
+            })
+            .collect();
+        Json(Tokens { tokens }).into_response()
+    } else {
+        Json(Tokens { tokens: ids }).into_response()
+    }
+}
+
+/// llama-server's `/detokenize`: the pieces of the ids joined (special
+/// tokens as their text), invalid UTF-8 replaced.
+async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: DetokenizeRequest = match parse(&st, body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let tok = &st.model.tokenizer;
+    let n = tok.vocab_size();
+    if let Some(bad) = req.tokens.iter().find(|&&id| id as usize >= n) {
+        return bad_request(
+            &st,
+            format!("token id {bad} is outside the vocabulary of {n} tokens"),
+            Some("tokens"),
+        );
+    }
+    let bytes: Vec<u8> = req
+        .tokens
+        .iter()
+        .flat_map(|&id| tok.token_to_bytes(id, true).iter().copied())
+        .collect();
+    Json(Detokenized {
+        content: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+    .into_response()
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {

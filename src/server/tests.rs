@@ -244,6 +244,63 @@ fn chat_streamed() {
 }
 
 #[test]
+fn tokenize_and_detokenize_as_llama_server() {
+    let Some(srv) = start(cfg()) else { return };
+    let text = "Hello world<|eot_id|> 123";
+    let (code, body) = srv.post("/tokenize", &json!({"content": text}));
+    assert_eq!(code, 200, "{body}");
+    let ids: Vec<u32> = serde_json::from_value(body["tokens"].clone()).unwrap();
+    let model = Model::load(crate::testdata_dir().unwrap().join("bitnet-tiny.gguf")).unwrap();
+    assert_eq!(
+        ids,
+        model.tokenizer.encode(text, false, true),
+        "special tokens parsed, no BOS"
+    );
+    assert!(ids.contains(&128009));
+    let (_, body) = srv.post("/tokenize", &json!({"content": text, "add_special": true}));
+    assert_eq!(body["tokens"][0], 128000, "BOS with add_special");
+    let (_, body) = srv.post(
+        "/tokenize",
+        &json!({"content": "Hi é", "with_pieces": true}),
+    );
+    let pieces = body["tokens"].as_array().unwrap();
+    let joined: String = pieces
+        .iter()
+        .map(|p| p["piece"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, "Hi é");
+    assert!(pieces.iter().all(|p| p["id"].is_u64()));
+    let (code, body) = srv.post("/detokenize", &json!({"tokens": ids}));
+    assert_eq!(code, 200);
+    assert_eq!(body["content"], text);
+    let (_, body) = srv.post("/detokenize", &json!({}));
+    assert_eq!(body["content"], "");
+    let (_, body) = srv.post("/tokenize", &json!({}));
+    assert_eq!(body["tokens"], json!([]));
+    for bad in [
+        json!({"tokens": [1, 999999]}),
+        json!({"tokens": [-1]}),
+        json!({"tokens": "x"}),
+    ] {
+        let (code, body) = srv.post("/detokenize", &bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    let (code, _) = srv.post_raw("/tokenize", "{not json", None);
+    assert_eq!(code, 400);
+    srv.shutdown();
+    // a piece that is not UTF-8 on its own goes out as its bytes
+    assert_eq!(
+        serde_json::to_value(PieceText::of(&[0xC3])).unwrap(),
+        json!([195])
+    );
+    assert_eq!(
+        serde_json::to_value(PieceText::of(b"hi")).unwrap(),
+        json!("hi")
+    );
+}
+
+#[test]
 fn models_lists_the_model() {
     let Some(srv) = start(cfg()) else { return };
     let models = ureq::get(&format!("{}/v1/models", srv.url)).call().unwrap();
@@ -348,6 +405,16 @@ mod bad_requests {
     fn the_right_key_is_served() {
         let Some(srv) = keyed() else { return };
         check(&srv, OK, KEY, 200, "");
+        srv.shutdown();
+    }
+
+    #[test]
+    fn tokenize_needs_the_key_too() {
+        let Some(srv) = keyed() else { return };
+        let (st, _) = srv.post_raw("/tokenize", r#"{"content": "Hi"}"#, None);
+        assert_eq!(st, 401);
+        let (st, v) = srv.post_raw("/tokenize", r#"{"content": "Hi"}"#, KEY);
+        assert_eq!(st, 200, "{v}");
         srv.shutdown();
     }
 

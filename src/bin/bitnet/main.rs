@@ -80,6 +80,7 @@ fn llama_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::f
     args.map(|a| match a.to_str() {
         Some("-sys") => "--system-prompt".into(),
         Some("-cnv") => "--conversation".into(),
+        Some("-np") => "--parallel".into(),
         _ => a,
     })
     .collect()
