@@ -164,11 +164,7 @@ impl Shape {
 
     /// The architecture name written to the file.
     pub fn arch(&self) -> &'static str {
-        match self.family {
-            Family::BitNet158 => "bitnet-b1.58",
-            Family::BitNet => "bitnet",
-            Family::Llama => "llama",
-        }
+        self.family.arch()
     }
 
     fn head_dim(&self) -> usize {

@@ -118,15 +118,6 @@ pub struct Conversion {
     jobs: Vec<Job>,
 }
 
-/// The GGUF architecture string of a family.
-fn arch_name(f: Family) -> &'static str {
-    match f {
-        Family::BitNet158 => "bitnet-b1.58",
-        Family::BitNet => "bitnet",
-        Family::Llama => "llama",
-    }
-}
-
 /// HF names of a layer's ternary matrices, by GGUF name.
 const MATRICES: [(&str, &str); 7] = [
     ("attn_q", "self_attn.q_proj"),
@@ -143,7 +134,7 @@ impl Conversion {
     pub fn plan(dir: &Path, opts: Options) -> Result<Conversion> {
         let ck = Checkpoint::open(dir)?;
         let h = ck.hp.clone();
-        let a = arch_name(h.family);
+        let a = h.family.arch();
         let file_type = match opts.outtype {
             OutType::F32 => 0u32,
             OutType::F16 => 1,

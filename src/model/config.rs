@@ -38,6 +38,16 @@ impl Family {
         }
     }
 
+    /// The `general.architecture` string written for this graph (the one
+    /// bitnet.cpp's converters write).
+    pub fn arch(self) -> &'static str {
+        match self {
+            Family::BitNet158 => "bitnet-b1.58",
+            Family::BitNet => "bitnet",
+            Family::Llama => "llama",
+        }
+    }
+
     /// Whether attention output and FFN hidden state are rmsnormed before
     /// their projections (`attn_sub_norm`, `ffn_sub_norm`).
     pub fn sub_norms(self) -> bool {
