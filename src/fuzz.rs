@@ -28,10 +28,10 @@ pub fn gguf_and_model(data: &[u8]) {
 }
 
 /// Writes `data` as the `model.safetensors` of a small fixed checkpoint
-/// (BitNetForCausalLM, hidden 128, one layer, a byte-level vocabulary of
-/// 258 tokens: the shape of the CLI tests' hand-built checkpoint, whose file
-/// is the seed) and converts it in memory. Every outcome must be `Ok` or a
-/// clean `Err`; returns whether the file converted and loaded.
+/// (the synthetic `micro` shape's, made once by
+/// [`crate::synthetic::write_checkpoint`], whose weights file is the seed)
+/// and converts it in memory. Every outcome must be `Ok` or a clean `Err`;
+/// returns whether the file converted and loaded.
 pub fn safetensors_checkpoint(data: &[u8]) -> bool {
     use std::sync::OnceLock;
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
@@ -42,35 +42,15 @@ pub fn safetensors_checkpoint(data: &[u8]) -> bool {
             std::env::temp_dir()
         };
         let dir = base.join(format!("bitnet-fuzz-ckpt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fuzz scratch directory");
-        let config = serde_json::json!({
-            "architectures": ["BitNetForCausalLM"], "hidden_act": "relu2",
-            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 258,
-            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-            "bos_token_id": 256, "eos_token_id": 257,
-        });
-        std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
-        let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u32)
-            .map(|b| {
-                let c = if (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b) {
-                    char::from_u32(b)
-                } else {
-                    let n = (0..b).filter(|&c| !((33..=126).contains(&c) || (0xA1..=0xAC).contains(&c) || (0xAE..=0xFF).contains(&c))).count() as u32;
-                    char::from_u32(256 + n)
-                };
-                (c.expect("char").to_string(), serde_json::json!(b))
-            })
-            .collect();
-        let tokenizer = serde_json::json!({
-            "added_tokens": [
-                {"id": 256, "content": "<|begin_of_text|>", "special": true},
-                {"id": 257, "content": "<|end_of_text|>", "special": true}],
-            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-            "decoder": {"type": "ByteLevel"},
-            "model": {"type": "BPE", "vocab": vocab, "merges": []},
-        });
-        std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).expect("tokenizer");
+        crate::synthetic::write_checkpoint(
+            &dir,
+            crate::synthetic::Shape::MICRO,
+            None,
+            false,
+            1,
+            &mut |_, _| {},
+        )
+        .expect("the fuzz target's checkpoint");
         dir
     });
     if std::fs::write(dir.join("model.safetensors"), data).is_err() {
