@@ -464,10 +464,7 @@ pub fn write_checkpoint(
     let vocab = match vocab {
         Some(v) => v,
         None => {
-            let md = tokenizer_metadata(None, s.vocab_size)?;
-            let mut bytes = Vec::new();
-            gguf::write(&mut bytes, &md, &[], 32, &mut |_, _| Ok(()))?;
-            made_up = Gguf::from_bytes(bytes)?;
+            made_up = Gguf::from_metadata(&tokenizer_metadata(None, s.vocab_size)?)?;
             &made_up
         }
     };

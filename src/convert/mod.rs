@@ -706,6 +706,18 @@ fn ternary_job(
     })
 }
 
+/// The vocabulary of a model: a GGUF file, or only the tokenizer metadata
+/// of a checkpoint directory (its weights are not read).
+pub fn open_vocab(path: &Path) -> Result<Gguf> {
+    if !path.is_dir() {
+        return Gguf::open(path);
+    }
+    let config_path = path.join("config.json");
+    let config = checkpoint::read_json(&config_path)?;
+    let hp = HParams::from_config(&config, &config_path)?;
+    Gguf::from_metadata(&vocab::vocab_metadata(path, &config, hp.vocab_size)?)
+}
+
 /// A model file for the runner: a GGUF file, or a checkpoint directory
 /// converted in memory (I2_S, F16 head; no file written).
 pub fn open_gguf(path: &Path) -> Result<Gguf> {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::gguf::{self, Array, Gguf, Value};
+use crate::gguf::{Array, Gguf, Value};
 use crate::tokenizer::{token_type, Tokenizer, LLAMA3_PATTERN};
 
 /// The `tokenizer.ggml.*` metadata (and nothing else) bitnet.cpp's/llama.cpp's converter writes for the checkpoint in `dir`.
@@ -767,16 +767,7 @@ fn bpe_tokenizer(vocab: &Vocab, pre: &str, bos: Option<u32>) -> Result<Tokenizer
     if let Some(bos) = bos {
         md.push(kv("tokenizer.ggml.bos_token_id", Value::U32(bos)));
     }
-    Tokenizer::from_gguf(&metadata_gguf(&md)?)
-}
-
-/// A GGUF holding only `md`, as the tokenizer reads it.
-fn metadata_gguf(md: &[(String, Value)]) -> Result<Gguf> {
-    let mut bytes = Vec::new();
-    gguf::write(&mut bytes, md, &[], gguf::DEFAULT_ALIGNMENT, &mut |_, _| {
-        Ok(())
-    })?;
-    Gguf::from_bytes(bytes)
+    Tokenizer::from_gguf(&Gguf::from_metadata(&md)?)
 }
 
 /// Python's `str(list_of_ints)`: `[1, 2, 3]`.
@@ -1272,7 +1263,7 @@ mod tests {
                 );
             }
         }
-        let tok = Tokenizer::from_gguf(&metadata_gguf(&md).unwrap()).unwrap();
+        let tok = Tokenizer::from_gguf(&Gguf::from_metadata(&md).unwrap()).unwrap();
         let cases = std::fs::read_to_string(testdata.join(cases)).unwrap();
         let lines: Vec<&str> = cases.lines().filter(|l| !l.trim().is_empty()).collect();
         for line in lines.iter().step_by(lines.len().div_ceil(50)) {
@@ -1531,7 +1522,7 @@ mod tests {
         );
         assert!(md.iter().all(|(k, _)| k.starts_with("tokenizer.")));
         // The result is a working tokenizer.
-        let tok = Tokenizer::from_gguf(&metadata_gguf(&md).unwrap()).unwrap();
+        let tok = Tokenizer::from_gguf(&Gguf::from_metadata(&md).unwrap()).unwrap();
         assert_eq!(tok.encode("a the<tool>", false, false), [97, 256, 257, 259]);
 
         // Without a template in tokenizer_config.json, chat_template.jinja.
@@ -1708,7 +1699,7 @@ mod tests {
             Some(&Value::U32(2))
         );
         assert_eq!(get(&md, "tokenizer.ggml.merges"), None);
-        let tok = Tokenizer::from_gguf(&metadata_gguf(&md).unwrap()).unwrap();
+        let tok = Tokenizer::from_gguf(&Gguf::from_metadata(&md).unwrap()).unwrap();
         assert_eq!(tok.encode("a a", false, false), [4, 6]);
 
         let e = err(&dir, 11);

@@ -19,6 +19,18 @@ pub use reader::Gguf;
 pub use types::{Array, GgmlType, TensorInfo, Value};
 pub use writer::{write, TensorSpec};
 
+impl Gguf {
+    /// A GGUF in memory holding only `metadata` (no tensors), read back as
+    /// a file would be: a vocabulary for the tokenizer, for instance.
+    pub fn from_metadata(metadata: &[(String, Value)]) -> crate::error::Result<Gguf> {
+        let mut bytes = Vec::new();
+        write(&mut bytes, metadata, &[], DEFAULT_ALIGNMENT, &mut |_, _| {
+            Ok(())
+        })?;
+        Gguf::from_bytes(bytes)
+    }
+}
+
 pub const MAGIC: u32 = 0x4655_4747; // "GGUF" little-endian
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.

@@ -28,7 +28,7 @@ pub(crate) struct TokenizeArgs {
 }
 
 pub(crate) fn tokenize(a: TokenizeArgs) -> CliResult {
-    let g = bitnet_stfma::convert::open_gguf(&a.model).map_err(model_err)?;
+    let g = bitnet_stfma::convert::open_vocab(&a.model).map_err(model_err)?;
     let tok = bitnet_stfma::tokenizer::Tokenizer::from_gguf(&g).map_err(model_err)?;
     let text = read_text(a.prompt, a.file)?;
     let ids = tok.encode(&text, !a.no_bos && tok.add_bos, a.special);
