@@ -36,11 +36,13 @@ struct Slot {
 }
 
 /// One sequence's part of a batched step (see [`Session::forward_segments`]):
-/// `tokens` fed to slot `slot` at its current position.
+/// `tokens` fed to slot `slot` at its current position; the logits after
+/// its last token, or after every one of them with `all_logits`.
 #[derive(Debug, Clone, Copy)]
 pub struct Segment<'a> {
     pub slot: usize,
     pub tokens: &'a [u32],
+    pub all_logits: bool,
 }
 
 /// Inference state: KV caches and every per-token buffer, allocated once.
@@ -177,6 +179,11 @@ impl<'m> Session<'m> {
     pub fn reset_slot(&mut self, s: usize) {
         self.slots[s].pos = 0;
     }
+    /// Forgets slot `s`'s cache from position `pos` on (what is before it
+    /// is kept: a sequence that starts with the same tokens goes on there).
+    pub fn truncate_slot(&mut self, s: usize, pos: usize) {
+        self.slots[s].pos = self.slots[s].pos.min(pos);
+    }
 
     /// Turns the per-phase timing into [`Session::timings`] on or off (off
     /// by default: then the forward pass reads no clock).
@@ -262,14 +269,15 @@ impl<'m> Session<'m> {
 
     /// Feeds several sequences in one step: segment `i`'s tokens go to its
     /// slot at that slot's position, all rows sharing each matmul, and
-    /// `each(i, logits)` gets the logits after segment `i`'s last token.
+    /// `each(i, t, logits)` gets the logits after segment `i`'s token `t`:
+    /// its last one, or each of them in order with `all_logits`.
     /// A segment's result does not depend on the others in the step (the
     /// ternary products are exact integers, attention is per sequence).
     /// At most [`Session::max_batch`] tokens in all; each slot once.
     pub fn forward_segments(
         &mut self,
         segments: &[Segment],
-        each: &mut dyn FnMut(usize, &[f32]),
+        each: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let total: usize = segments.iter().map(|s| s.tokens.len()).sum();
         if total > self.max_batch {
@@ -303,19 +311,24 @@ impl<'m> Session<'m> {
             layout.push((seg.slot, seg.tokens.len()));
         }
         self.batch(&layout, &tokens);
-        // The LM head once for every segment's last row: each head row is
-        // read once for all of them (the results are those of a lone row).
-        let last_rows: Vec<usize> = segments
-            .iter()
-            .scan(0, |row, seg| {
-                *row += seg.tokens.len();
-                Some(*row - 1)
-            })
-            .collect();
-        self.final_logits(&last_rows);
+        // The LM head once for every row wanted: each head row is read once
+        // for all of them (the results are those of a lone row).
+        let mut rows = Vec::with_capacity(segments.len());
+        let mut wanted = Vec::with_capacity(segments.len());
+        let mut r0 = 0;
+        for (i, seg) in segments.iter().enumerate() {
+            let n = seg.tokens.len();
+            let first = if seg.all_logits { 0 } else { n - 1 };
+            for t in first..n {
+                rows.push(r0 + t);
+                wanted.push((i, t));
+            }
+            r0 += n;
+        }
+        self.final_logits(&rows);
         let vocab = self.model.config.vocab_size;
-        for i in 0..segments.len() {
-            each(i, &self.logits[i * vocab..(i + 1) * vocab]);
+        for (k, &(i, t)) in wanted.iter().enumerate() {
+            each(i, t, &self.logits[k * vocab..(k + 1) * vocab]);
         }
         Ok(())
     }

@@ -637,9 +637,10 @@ fn batched_sequences_match_each_alone() {
                 .map(|(q, chunks)| Segment {
                     slot: q,
                     tokens: &chunks[step],
+                    all_logits: false,
                 })
                 .collect();
-            s.forward_segments(&segs, &mut |i, logits| {
+            s.forward_segments(&segs, &mut |i, _, logits| {
                 got[segs[i].slot].push(logits.to_vec())
             })
             .unwrap();
@@ -649,28 +650,32 @@ fn batched_sequences_match_each_alone() {
         // Bad steps are refused.
         let t = [1u32; 9];
         let mut err = |segs: &[Segment]| {
-            s.forward_segments(segs, &mut |_, _| {})
+            s.forward_segments(segs, &mut |_, _, _| {})
                 .unwrap_err()
                 .message
         };
         assert!(err(&[Segment {
             slot: 0,
-            tokens: &t
+            tokens: &t,
+            all_logits: false,
         }])
         .contains("exceed"));
         assert!(err(&[Segment {
             slot: 3,
-            tokens: &t[..1]
+            tokens: &t[..1],
+            all_logits: false,
         }])
         .contains("no slot"));
         assert!(err(&[
             Segment {
                 slot: 1,
-                tokens: &t[..1]
+                tokens: &t[..1],
+                all_logits: false,
             },
             Segment {
                 slot: 1,
-                tokens: &t[..1]
+                tokens: &t[..1],
+                all_logits: false,
             }
         ])
         .contains("twice"));

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::FinishReason;
+use super::logprobs::TokenLogprob;
 
 /// Either one string or a list of them (`stop`, `prompt`).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,20 +76,109 @@ pub struct Common {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub n: Option<i64>,
+    /// llama-server's: start from a prefix already in a slot's cache
+    /// (default true).
+    #[serde(default)]
+    pub cache_prompt: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// Each generated token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`, the most likely tokens at each position (0..=20).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
 }
 
+/// A completion request's prompt as OpenAI takes it: a string, a list of
+/// token ids, or a list of either (one choice each).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One prompt: text (tokenized with BOS where the model adds one) or
+/// token ids (fed as they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl PromptInput {
+    pub fn into_prompts(self) -> Vec<Prompt> {
+        match self {
+            PromptInput::Text(t) => vec![Prompt::Text(t)],
+            PromptInput::Tokens(t) => vec![Prompt::Tokens(t)],
+            PromptInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+            PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
-    pub prompt: OneOrMany,
+    pub prompt: PromptInput,
+    /// The prompt's text in front of the completion (with `logprobs`, its
+    /// tokens' log-probabilities too, the first null).
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Each token's log-probability and the N most likely (0..=20).
+    #[serde(default)]
+    pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+/// Most alternatives `top_logprobs` / `logprobs` may ask for.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+impl ChatRequest {
+    /// How many alternatives each token's log-probability comes with, or
+    /// None when they are not asked for.
+    pub fn logprobs(&self) -> Result<Option<usize>, Invalid> {
+        let top = match self.top_logprobs {
+            None => 0,
+            Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => n as usize,
+            Some(n) => {
+                return Err((
+                    format!("top_logprobs = {n} is outside 0..={MAX_TOP_LOGPROBS}"),
+                    Some("top_logprobs"),
+                ))
+            }
+        };
+        match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (true, _) => Ok(Some(top)),
+            (false, Some(_)) => Err((
+                "top_logprobs needs logprobs: true".into(),
+                Some("top_logprobs"),
+            )),
+            (false, None) => Ok(None),
+        }
+    }
+}
+
+impl CompletionRequest {
+    /// `logprobs` checked: None, or how many alternatives.
+    pub fn logprobs(&self) -> Result<Option<usize>, Invalid> {
+        match self.logprobs {
+            None => Ok(None),
+            Some(n) if (0..=MAX_TOP_LOGPROBS).contains(&n) => Ok(Some(n as usize)),
+            Some(n) => Err((
+                format!("logprobs = {n} is outside 0..={MAX_TOP_LOGPROBS}"),
+                Some("logprobs"),
+            )),
+        }
+    }
 }
 
 /// A checked request's generation settings.
@@ -103,6 +193,7 @@ pub struct Settings {
     pub stream: bool,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    pub cache_prompt: bool,
 }
 
 /// A 400's message and the offending parameter.
@@ -123,8 +214,9 @@ impl Common {
         let max = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = match max {
             None => None,
-            Some(m) if m >= 1 => Some(m as usize),
-            Some(m) => return bad(format!("max_tokens = {m} must be at least 1"), "max_tokens"),
+            // (0 only with `echo`: the caller checks)
+            Some(m) if m >= 0 => Some(m as usize),
+            Some(m) => return bad(format!("max_tokens = {m} is negative"), "max_tokens"),
         };
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
@@ -167,6 +259,7 @@ impl Common {
             stream: self.stream.unwrap_or(false),
             presence_penalty: pen(self.presence_penalty, "presence_penalty")?,
             frequency_penalty: pen(self.frequency_penalty, "frequency_penalty")?,
+            cache_prompt: self.cache_prompt.unwrap_or(true),
         })
     }
 }
@@ -303,8 +396,9 @@ pub enum Kind {
 /// A completion, whole or one streamed chunk of it.
 #[derive(Debug, Serialize)]
 pub struct Completion<'a> {
-    /// The one choice.
-    pub choices: [Choice<'a>; 1],
+    /// One choice per prompt in a whole completion; the one a streamed
+    /// chunk is about.
+    pub choices: Vec<Choice<'a>>,
     pub created: u64,
     pub id: &'a str,
     pub model: &'a str,
@@ -314,8 +408,8 @@ pub struct Completion<'a> {
     pub usage: Option<Usage>,
 }
 
-/// A completion's choice. `logprobs` is always null; `finish_reason` is
-/// null in a stream's chunks but the last.
+/// A completion's choice. `logprobs` is null unless asked for;
+/// `finish_reason` is null in a stream's chunks but a choice's last.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Choice<'a> {
@@ -323,7 +417,7 @@ pub enum Choice<'a> {
     Message {
         finish_reason: FinishReason,
         index: u32,
-        logprobs: (),
+        logprobs: Option<Logprobs>,
         message: AssistantMessage<'a>,
     },
     /// A streamed chat completion's.
@@ -331,13 +425,13 @@ pub enum Choice<'a> {
         delta: ChatDelta<'a>,
         finish_reason: Option<FinishReason>,
         index: u32,
-        logprobs: (),
+        logprobs: Option<Logprobs>,
     },
     /// A text completion's, whole or streamed.
     Text {
         finish_reason: Option<FinishReason>,
         index: u32,
-        logprobs: (),
+        logprobs: Option<Logprobs>,
         text: &'a str,
     },
 }
@@ -357,6 +451,121 @@ pub struct ChatDelta<'a> {
     pub role: Option<&'static str>,
 }
 
+/// A choice's log-probabilities in the form of its endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Logprobs {
+    /// Chat: one entry per token.
+    Chat {
+        content: Vec<ChatLogprob>,
+        refusal: (),
+    },
+    /// Completions: parallel lists (the first prompt token's entries null
+    /// with `echo`).
+    Text {
+        text_offset: Vec<usize>,
+        token_logprobs: Vec<Option<f32>>,
+        tokens: Vec<String>,
+        top_logprobs: Vec<Option<TopMap>>,
+    },
+}
+
+/// A chat token's log-probability and the most likely tokens there.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub token: String,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub token: String,
+}
+
+/// A completions position's most likely tokens: a JSON object from token
+/// text to log-probability, most likely first (a text that two tokens
+/// share keeps the likelier).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if !self.0[..i].iter().any(|(j, _)| j == k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl Logprobs {
+    /// Chat entries of `tokens` (id, log-probability, alternatives); `text`
+    /// gives a token's bytes.
+    pub fn chat<'t>(
+        tokens: impl IntoIterator<Item = &'t TokenLogprob>,
+        text: impl Fn(u32) -> Vec<u8>,
+    ) -> Logprobs {
+        let top = |id: u32, logprob: f32| {
+            let bytes = text(id);
+            TopLogprob {
+                token: String::from_utf8_lossy(&bytes).into_owned(),
+                bytes,
+                logprob,
+            }
+        };
+        let content = tokens
+            .into_iter()
+            .map(|t| {
+                let TopLogprob {
+                    bytes,
+                    logprob,
+                    token,
+                } = top(t.token, t.logprob);
+                ChatLogprob {
+                    bytes,
+                    logprob,
+                    token,
+                    top_logprobs: t.top.iter().map(|&(id, lp)| top(id, lp)).collect(),
+                }
+            })
+            .collect();
+        Logprobs::Chat {
+            content,
+            refusal: (),
+        }
+    }
+
+    /// Completions lists of `tokens`: (token id, its entry or None for a
+    /// prompt's first, its offset in characters); `text` gives a token's
+    /// bytes.
+    pub fn text<'t>(
+        tokens: impl IntoIterator<Item = (u32, Option<&'t TokenLogprob>, usize)>,
+        text: impl Fn(u32) -> Vec<u8>,
+    ) -> Logprobs {
+        let s = |id: u32| String::from_utf8_lossy(&text(id)).into_owned();
+        let (mut offsets, mut logprobs, mut strings, mut tops) = (vec![], vec![], vec![], vec![]);
+        for (id, entry, at) in tokens {
+            offsets.push(at);
+            strings.push(s(id));
+            logprobs.push(entry.map(|e| e.logprob));
+            tops.push(entry.map(|e| TopMap(e.top.iter().map(|&(t, lp)| (s(t), lp)).collect())));
+        }
+        Logprobs::Text {
+            text_offset: offsets,
+            token_logprobs: logprobs,
+            tokens: strings,
+            top_logprobs: tops,
+        }
+    }
+}
+
 /// What every response object of one request carries.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -364,6 +573,28 @@ pub struct Reply {
     pub kind: Kind,
     pub created: u64,
     pub model: String,
+}
+
+/// A whole completion's choice, owned.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub text: String,
+    pub logprobs: Option<Logprobs>,
+}
+
+/// One streamed chunk's part.
+#[derive(Debug, Default)]
+pub struct ChunkPart<'a> {
+    /// The choice (the prompt's index).
+    pub index: u32,
+    pub text: Option<&'a str>,
+    /// The choice's first chunk (a chat's carries the role).
+    pub first: bool,
+    pub logprobs: Option<Logprobs>,
+    /// A choice's last chunk: its finish reason.
+    pub finish: Option<FinishReason>,
+    /// The request's last chunk: the usage of all its choices.
+    pub usage: Option<Usage>,
 }
 
 impl Reply {
@@ -384,11 +615,11 @@ impl Reply {
     fn completion<'a>(
         &'a self,
         object: &'static str,
-        choice: Choice<'a>,
+        choices: Vec<Choice<'a>>,
         usage: Option<Usage>,
     ) -> Completion<'a> {
         Completion {
-            choices: [choice],
+            choices,
             created: self.created,
             id: &self.id,
             model: &self.model,
@@ -397,72 +628,71 @@ impl Reply {
         }
     }
 
-    /// The whole answer.
+    /// The whole answer: a choice per (answer, finish reason).
     pub fn whole<'a>(
         &'a self,
-        text: &'a str,
-        finish: FinishReason,
+        answers: &'a [(Answer, FinishReason)],
         usage: Usage,
     ) -> Completion<'a> {
-        match self.kind {
-            Kind::Chat => self.completion(
-                "chat.completion",
-                Choice::Message {
-                    finish_reason: finish,
-                    index: 0,
-                    logprobs: (),
+        let choices = answers.iter().enumerate().map(|(i, (a, finish))| {
+            let (index, logprobs) = (i as u32, a.logprobs.clone());
+            match self.kind {
+                Kind::Chat => Choice::Message {
+                    finish_reason: *finish,
+                    index,
+                    logprobs,
                     message: AssistantMessage {
-                        content: text,
+                        content: &a.text,
                         role: "assistant",
                     },
                 },
-                Some(usage),
-            ),
-            Kind::Completion => self.completion(
-                "text_completion",
-                Choice::Text {
-                    finish_reason: Some(finish),
-                    index: 0,
-                    logprobs: (),
-                    text,
+                Kind::Completion => Choice::Text {
+                    finish_reason: Some(*finish),
+                    index,
+                    logprobs,
+                    text: &a.text,
                 },
-                Some(usage),
-            ),
-        }
+            }
+        });
+        let object = match self.kind {
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        };
+        self.completion(object, choices.collect(), Some(usage))
     }
 
-    /// One streamed chunk: `text`, the role too in a chat's first, and the
-    /// finish reason and usage in the last.
-    pub fn chunk<'a>(
-        &'a self,
-        text: Option<&'a str>,
-        first: bool,
-        end: Option<(FinishReason, Usage)>,
-    ) -> Completion<'a> {
-        let finish_reason = end.map(|e| e.0);
-        let usage = end.map(|e| e.1);
+    /// One streamed chunk.
+    pub fn chunk<'a>(&'a self, part: ChunkPart<'a>) -> Completion<'a> {
+        let ChunkPart {
+            index,
+            text,
+            first,
+            logprobs,
+            finish: finish_reason,
+            usage,
+        } = part;
         match self.kind {
             Kind::Chat => self.completion(
                 "chat.completion.chunk",
-                Choice::Delta {
+                vec![Choice::Delta {
                     delta: ChatDelta {
                         content: text,
                         role: first.then_some("assistant"),
                     },
                     finish_reason,
-                    index: 0,
-                    logprobs: (),
-                },
+                    index,
+                    logprobs,
+                }],
                 usage,
             ),
             Kind::Completion => self.completion(
                 "text_completion",
-                Choice::Text {
+                vec![Choice::Text {
                     finish_reason,
-                    index: 0,
-                    logprobs: (),
+                    index,
+                    logprobs,
                     text: text.unwrap_or(""),
-                },
+                }],
                 usage,
             ),
         }
@@ -542,8 +772,13 @@ mod tests {
         let usage = json!({"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9});
         let chat = Reply::new(Kind::Chat, 7, 1_700_000_000, "bitnet".into());
         assert_eq!(chat.id, "chatcmpl-7");
+        let answer = |text: &str| Answer {
+            text: text.into(),
+            logprobs: None,
+        };
+        let paris = [(answer("Paris é\n"), FinishReason::Length)];
         same(
-            chat.whole("Paris é\n", FinishReason::Length, Usage::new(6, 3)),
+            chat.whole(&paris, Usage::new(6, 3)),
             json!({
                 "id": "chatcmpl-7", "object": "chat.completion", "created": 1_700_000_000u64, "model": "bitnet",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris é\n"}, "logprobs": Value::Null, "finish_reason": "length"}],
@@ -552,8 +787,9 @@ mod tests {
         );
         let text = Reply::new(Kind::Completion, 8, 1_700_000_000, "m".into());
         assert_eq!(text.id, "cmpl-8");
+        let empty = [(answer(""), FinishReason::Stop)];
         same(
-            text.whole("", FinishReason::Stop, Usage::new(6, 3)),
+            text.whole(&empty, Usage::new(6, 3)),
             json!({
                 "id": "cmpl-8", "object": "text_completion", "created": 1_700_000_000u64, "model": "m",
                 "choices": [{"index": 0, "text": "", "logprobs": Value::Null, "finish_reason": "stop"}],
@@ -570,7 +806,11 @@ mod tests {
             for first in [true, false] {
                 for text in [Some("Hi \"there\""), None] {
                     same(
-                        r.chunk(text, first, None),
+                        r.chunk(ChunkPart {
+                            text,
+                            first,
+                            ..Default::default()
+                        }),
                         chunk_json(&r, text, first, None),
                     );
                 }
@@ -580,7 +820,12 @@ mod tests {
                     (FinishReason::Cancelled, "cancelled"),
                 ] {
                     same(
-                        r.chunk(None, first, Some((finish, Usage::new(6, 3)))),
+                        r.chunk(ChunkPart {
+                            first,
+                            finish: Some(finish),
+                            usage: Some(Usage::new(6, 3)),
+                            ..Default::default()
+                        }),
                         chunk_json(&r, None, first, Some((s, usage.clone()))),
                     );
                 }
@@ -589,7 +834,12 @@ mod tests {
         // The shape, spelled out: a chat's first chunk has the role, no
         // finish reason (null) and no usage.
         let r = Reply::new(Kind::Chat, 1, 2, "m".into());
-        let v = serde_json::to_value(r.chunk(Some("a"), true, None)).unwrap();
+        let v = serde_json::to_value(r.chunk(ChunkPart {
+            text: Some("a"),
+            first: true,
+            ..Default::default()
+        }))
+        .unwrap();
         assert_eq!(
             v,
             json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 2, "model": "m",

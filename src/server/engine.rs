@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::logprobs::{LogSoftmax, Pending, TokenLogprob};
 use super::metrics::Metrics;
 use crate::model::{Model, Segment, Session};
 use crate::sampler::{Sampler, SamplerConfig};
@@ -27,8 +28,17 @@ use crate::tokenizer::StreamDecoder;
 pub struct Job {
     pub id: u64,
     pub prompt: Vec<u32>,
-    /// Most tokens to generate (the slot's context bounds it too).
+    /// Most tokens to generate (the slot's context bounds it too); 0 reads
+    /// the prompt only (for its log-probabilities, with `echo`).
     pub max_tokens: usize,
+    /// Report each generated token's log-probability with this many of the
+    /// most likely tokens at its position.
+    pub logprobs: Option<usize>,
+    /// Report the prompt's tokens' log-probabilities ([`Event::Prompt`]).
+    pub echo: bool,
+    /// Start from the longest prefix of the prompt already in a free
+    /// slot's cache (llama-server's `cache_prompt`).
+    pub cache_prompt: bool,
     pub sampling: SamplerConfig,
     /// Generation stops before any of these strings (not sent).
     pub stop: Vec<String>,
@@ -63,8 +73,16 @@ impl FinishReason {
 /// What a request's receiver gets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// More generated text.
-    Text(String),
+    /// With `echo`, once the prompt is read: the log-probability of each of
+    /// its tokens but the first (which nothing predicts).
+    Prompt(Vec<TokenLogprob>),
+    /// More generated text, with the log-probabilities (when asked for) of
+    /// the tokens whose text starts in it, each with its offset in
+    /// characters from the start of the generated text.
+    Text {
+        text: String,
+        logprobs: Vec<(usize, TokenLogprob)>,
+    },
     /// The end, with the finish reason and the token counts.
     Done {
         finish: FinishReason,
@@ -99,6 +117,13 @@ pub struct EngineConfig {
     pub queue: usize,
 }
 
+impl EngineConfig {
+    /// Prompt tokens fed per request per step (at least 1).
+    pub fn chunk(&self) -> usize {
+        self.chunk.max(1)
+    }
+}
+
 impl Engine {
     /// Starts the engine thread over `model`.
     pub fn start(model: Arc<Model>, cfg: EngineConfig) -> crate::Result<Engine> {
@@ -116,7 +141,7 @@ impl Engine {
             .name("bitnet-engine".into())
             .spawn(move || {
                 let (metrics, drain, cancel) = state;
-                let max_batch = cfg.chunk.max(1) + cfg.slots;
+                let max_batch = cfg.chunk() + cfg.slots;
                 match Session::with_slots(&model, cfg.slot_ctx, max_batch, cfg.threads, cfg.slots) {
                     Ok(sess) => {
                         let _ = ready_tx.send(Ok(()));
@@ -150,13 +175,13 @@ impl Engine {
 
     /// Queues a job; gives it back when the queue is full (or the engine
     /// stopped).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => {
                 self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                Err(j)
+                Err(Box::new(j))
             }
         }
     }
@@ -210,11 +235,16 @@ struct Active {
     generated: usize,
     decoder: StreamDecoder,
     stop: StopFilter,
+    /// Generated tokens' log-probabilities waiting for their text.
+    pending: Pending,
+    /// The prompt's log-probabilities so far (with `echo`).
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 impl Active {
-    /// `job` in `slot`, about to read its prompt.
-    fn new(job: Job, slot: usize, vocab: usize) -> Active {
+    /// `job` in `slot`, about to read its prompt from token `fed` on (those
+    /// before are in the slot's cache).
+    fn new(job: Job, slot: usize, fed: usize, vocab: usize) -> Active {
         let mut sampler = Sampler::new(job.sampling, vocab);
         for &t in &job.prompt {
             sampler.accept(t);
@@ -223,11 +253,13 @@ impl Active {
         Active {
             job,
             slot,
-            phase: Phase::Prompt { fed: 0 },
+            phase: Phase::Prompt { fed },
             sampler,
             generated: 0,
             decoder: StreamDecoder::new(),
             stop,
+            pending: Pending::default(),
+            prompt_logprobs: Vec::new(),
         }
     }
 
@@ -250,6 +282,8 @@ struct Planned {
     /// The last row's logits are sampled: a decode row, or the prompt's
     /// last chunk.
     wants_logits: bool,
+    /// Every row's logits are wanted (a prompt chunk with `echo`).
+    all_logits: bool,
 }
 
 /// A step's rows: every decoding request's token first, then prompt
@@ -266,6 +300,7 @@ fn plan(active: &[Active], chunk: usize, max_batch: usize) -> Vec<Planned> {
                 request,
                 tokens: vec![next],
                 wants_logits: true,
+                all_logits: false,
             });
             budget -= 1;
         }
@@ -284,11 +319,34 @@ fn plan(active: &[Active], chunk: usize, max_batch: usize) -> Vec<Planned> {
                 request,
                 tokens: prompt[fed..fed + n].to_vec(),
                 wants_logits: fed + n == prompt.len(),
+                all_logits: a.job.echo,
             });
             budget -= n;
         }
     }
     plan
+}
+
+/// A sampled token: (request, token, its log-probability when asked for).
+type Sampled = (usize, u32, Option<TokenLogprob>);
+
+/// How many of `job`'s prompt tokens a slot whose cache holds `cached` (as
+/// prompt chunks of `chunk` tokens from position 0; the first `pos` of
+/// them at least) lets it skip: their common prefix, in whole chunks,
+/// short of the prompt's last token (whose logits are wanted). Whole chunks keep the result that of a cold start:
+/// the rows are read in the same chunks. None with `echo` (every prompt
+/// row's logits are wanted) or without `cache_prompt`.
+fn reusable(cached: &[u32], pos: usize, job: &Job, chunk: usize) -> usize {
+    if job.echo || !job.cache_prompt {
+        return 0;
+    }
+    let common = cached
+        .iter()
+        .zip(&job.prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let usable = common.min(pos).min(job.prompt.len().saturating_sub(1));
+    usable - usable % chunk
 }
 
 /// Tokens generated since the decode rate was last published.
@@ -327,11 +385,18 @@ struct Worker<'m> {
     metrics: Arc<Metrics>,
     drain: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
-    /// Slots without a request (the last one is taken first).
+    /// Slots without a request.
     free: Vec<usize>,
+    /// Per slot, the prompt last read there: its cache holds these tokens
+    /// as prompt chunks read from position 0 (what a request may reuse).
+    slot_prompts: Vec<Vec<u32>>,
+    /// Per slot, when it last took a request (a count of requests).
+    slot_used: Vec<u64>,
+    taken: u64,
     /// The requests in slots, in the order they came.
     active: Vec<Active>,
     rate: RateWindow,
+    log_softmax: LogSoftmax,
 }
 
 impl<'m> Worker<'m> {
@@ -351,8 +416,12 @@ impl<'m> Worker<'m> {
             drain,
             cancel,
             free: (0..cfg.slots).rev().collect(),
+            slot_prompts: vec![Vec::new(); cfg.slots],
+            slot_used: vec![0; cfg.slots],
+            taken: 0,
             active: Vec::new(),
             rate: RateWindow::new(),
+            log_softmax: LogSoftmax::default(),
         }
     }
 
@@ -367,7 +436,7 @@ impl<'m> Worker<'m> {
             let Some(sampled) = self.step(&plan) else {
                 continue;
             };
-            let finished = self.emit(&plan, &sampled);
+            let finished = self.emit(&plan, sampled);
             self.retire(finished);
             self.rate.update(&self.metrics);
         }
@@ -408,12 +477,38 @@ impl<'m> Worker<'m> {
                     .send(Event::Failed("the server is shutting down".into()));
                 continue;
             }
-            let slot = self.free.pop().expect("a free slot");
-            self.sess.reset_slot(slot);
+            let (slot, reused) = self.place(&job);
+            self.sess.truncate_slot(slot, reused);
+            self.metrics
+                .prompt_tokens_reused
+                .fetch_add(reused, Ordering::Relaxed);
+            self.slot_prompts[slot] = job.prompt.clone();
+            self.taken += 1;
+            self.slot_used[slot] = self.taken;
             let vocab = self.sess.model.config.vocab_size;
-            self.active.push(Active::new(job, slot, vocab));
+            self.active.push(Active::new(job, slot, reused, vocab));
         }
         true
+    }
+
+    /// Takes the free slot for `job` and how many of its prompt tokens are
+    /// already there: the slot with the longest reusable prefix, else the
+    /// one left longest ago (so that other slots' prompts stay for longer).
+    fn place(&mut self, job: &Job) -> (usize, usize) {
+        let (at, reused) = self
+            .free
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let pos = self.sess.slot_pos(s);
+                (i, reusable(&self.slot_prompts[s], pos, job, self.chunk))
+            })
+            .max_by(|a, b| {
+                let used = |i: usize| std::cmp::Reverse(self.slot_used[self.free[i]]);
+                a.1.cmp(&b.1).then(used(a.0).cmp(&used(b.0)))
+            })
+            .expect("a free slot");
+        (self.free.swap_remove(at), reused)
     }
 
     /// Drops the requests whose client left, or cancels all of them when
@@ -440,22 +535,34 @@ impl<'m> Worker<'m> {
     }
 
     /// Feeds the plan's rows in one batched step and samples the rows
-    /// that want logits: (request, token), in plan order. A failed step
-    /// fails its requests, not the server, and gives `None`.
-    fn step(&mut self, plan: &[Planned]) -> Option<Vec<(usize, u32)>> {
+    /// that want logits: (request, token, its log-probability when asked
+    /// for), in plan order; with `echo`, each prompt row's logits give the
+    /// next prompt token's log-probability. A failed step fails its
+    /// requests, not the server, and gives `None`.
+    fn step(&mut self, plan: &[Planned]) -> Option<Vec<Sampled>> {
         let segments: Vec<Segment> = plan
             .iter()
             .map(|p| Segment {
                 slot: self.active[p.request].slot,
                 tokens: &p.tokens,
+                all_logits: p.all_logits,
             })
             .collect();
         let mut sampled = Vec::new();
-        let active = &mut self.active;
-        let result = self.sess.forward_segments(&segments, &mut |s, logits| {
+        let (active, ls) = (&mut self.active, &mut self.log_softmax);
+        let result = self.sess.forward_segments(&segments, &mut |s, t, logits| {
             let p = &plan[s];
-            if p.wants_logits {
-                sampled.push((p.request, active[p.request].sampler.sample(logits)));
+            let a = &mut active[p.request];
+            let top = a.job.logprobs.unwrap_or(0);
+            if let (true, Phase::Prompt { fed }) = (p.all_logits, a.phase) {
+                if let Some(&next) = a.job.prompt.get(fed + t + 1) {
+                    a.prompt_logprobs.push(ls.of(logits, next, top));
+                }
+            }
+            if p.wants_logits && t + 1 == p.tokens.len() && a.job.max_tokens > 0 {
+                let token = a.sampler.sample(logits);
+                let logprob = a.job.logprobs.map(|_| ls.of(logits, token, top));
+                sampled.push((p.request, token, logprob));
             }
         });
         match result {
@@ -475,12 +582,14 @@ impl<'m> Worker<'m> {
             let a = &self.active[p.request];
             let _ = a.job.events.send(Event::Failed(e.to_string()));
         }
-        let free = &mut self.free;
+        let (free, prompts) = (&mut self.free, &mut self.slot_prompts);
         let mut i = 0;
         self.active.retain(|a| {
             let keep = !plan.iter().any(|p| p.request == i);
             i += 1;
             if !keep {
+                // (what the step left in its cache is not to be reused)
+                prompts[a.slot].clear();
                 free.push(a.slot);
             }
             keep
@@ -492,18 +601,28 @@ impl<'m> Worker<'m> {
     /// go through the decoder and the stop filter to the client, and the
     /// request finishes at a stop string or its length, or decodes the
     /// token next step. Gives the finished requests.
-    fn emit(&mut self, plan: &[Planned], sampled: &[(usize, u32)]) -> Vec<(usize, FinishReason)> {
+    fn emit(&mut self, plan: &[Planned], sampled: Vec<Sampled>) -> Vec<(usize, FinishReason)> {
+        let mut finished = Vec::new();
         for p in plan {
-            if let Phase::Prompt { fed } = &mut self.active[p.request].phase {
+            let a = &mut self.active[p.request];
+            if let Phase::Prompt { fed } = &mut a.phase {
                 *fed += p.tokens.len();
                 self.metrics
                     .prompt_tokens
                     .fetch_add(p.tokens.len(), Ordering::Relaxed);
+                if *fed == a.job.prompt.len() {
+                    if a.job.echo {
+                        let lp = std::mem::take(&mut a.prompt_logprobs);
+                        let _ = a.job.events.send(Event::Prompt(lp));
+                    }
+                    if a.job.max_tokens == 0 {
+                        finished.push((p.request, FinishReason::Length));
+                    }
+                }
             }
         }
         let tok = &self.sess.model.tokenizer;
-        let mut finished = Vec::new();
-        for &(i, t) in sampled {
+        for (i, t, logprob) in sampled {
             let a = &mut self.active[i];
             if tok.is_end_of_generation(t) {
                 finished.push((i, FinishReason::Stop));
@@ -516,9 +635,13 @@ impl<'m> Worker<'m> {
                 .fetch_add(1, Ordering::Relaxed);
             self.rate.tokens += 1;
             let piece = a.decoder.push(tok.token_to_bytes(t, false));
+            if let Some(lp) = logprob {
+                a.pending.push(lp, &piece);
+            }
             let (text, hit) = a.stop.push(&piece);
-            if !text.is_empty() {
-                let _ = a.job.events.send(Event::Text(text));
+            let logprobs = a.pending.sent(&text);
+            if !text.is_empty() || !logprobs.is_empty() {
+                let _ = a.job.events.send(Event::Text { text, logprobs });
             }
             if hit {
                 finished.push((i, FinishReason::Stop));
@@ -558,8 +681,10 @@ impl<'m> Worker<'m> {
             let tail = a.decoder.finish();
             let (mut text, _) = a.stop.push(&tail);
             text.push_str(&a.stop.finish());
-            if !text.is_empty() {
-                let _ = a.job.events.send(Event::Text(text));
+            let mut logprobs = a.pending.sent(&text);
+            logprobs.extend(a.pending.finish(a.stop.stopped));
+            if !text.is_empty() || !logprobs.is_empty() {
+                let _ = a.job.events.send(Event::Text { text, logprobs });
             }
         }
         let _ = a.job.events.send(a.done(finish));
@@ -668,13 +793,16 @@ mod tests {
             id: 0,
             prompt: (100..100 + len as u32).collect(),
             max_tokens: 8,
+            logprobs: None,
+            echo: false,
+            cache_prompt: true,
             sampling: SamplerConfig::default(),
             stop: Vec::new(),
             events,
         };
         Active {
             phase,
-            ..Active::new(job, 0, 16)
+            ..Active::new(job, 0, 0, 16)
         }
     }
 
@@ -683,6 +811,7 @@ mod tests {
             request,
             tokens: tokens.collect(),
             wants_logits,
+            all_logits: false,
         }
     }
 

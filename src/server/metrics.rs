@@ -14,6 +14,8 @@ pub struct Metrics {
     /// Requests dropped because their client went away.
     pub cancelled: AtomicUsize,
     pub prompt_tokens: AtomicUsize,
+    /// Prompt tokens found in a slot's cache and not read again.
+    pub prompt_tokens_reused: AtomicUsize,
     pub generated_tokens: AtomicUsize,
     pub queue_depth: AtomicUsize,
     pub active_slots: AtomicUsize,
@@ -73,6 +75,12 @@ impl Metrics {
             "counter",
             "Prompt tokens processed.",
             &[(String::new(), g(&self.prompt_tokens).to_string())],
+        );
+        metric(
+            "bitnet_prompt_tokens_reused_total",
+            "counter",
+            "Prompt tokens found in a slot's cache (cache_prompt) and not read again.",
+            &[(String::new(), g(&self.prompt_tokens_reused).to_string())],
         );
         metric(
             "bitnet_generated_tokens_total",

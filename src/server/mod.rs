@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod logprobs;
 pub mod metrics;
 #[cfg(test)]
 mod tests;
@@ -41,10 +42,12 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::SamplerConfig;
 use api::{
-    ChatRequest, CompletionRequest, DetokenizeRequest, Detokenized, ErrorBody, Health, Kind,
-    ModelList, Piece, PieceText, Reply, Settings, TokenizeRequest, Tokens, Usage,
+    Answer, ChatRequest, ChunkPart, CompletionRequest, DetokenizeRequest, Detokenized, ErrorBody,
+    Health, Kind, Logprobs, ModelList, Piece, PieceText, Prompt, Reply, Settings, TokenizeRequest,
+    Tokens, Usage,
 };
 use engine::{Engine, EngineConfig, Event, Job};
+use logprobs::TokenLogprob;
 
 /// Settings of `bitnet serve`.
 #[derive(Debug, Clone)]
@@ -354,6 +357,7 @@ async fn chat_completions(
     };
     let prepared = (|| {
         let settings = req.common.settings()?;
+        let logprobs = req.logprobs()?;
         if req.messages.is_empty() {
             return Err(("messages is empty".to_string(), Some("messages")));
         }
@@ -376,10 +380,16 @@ async fn chat_completions(
         }
         let tok = &st.model.tokenizer;
         let eos = tok.eos.and_then(|e| tok.token_text(e)).unwrap_or("");
-        Ok((st.format.render(&msgs, eos), settings))
+        Ok(Ask {
+            kind: Kind::Chat,
+            prompts: vec![Prompt::Text(st.format.render(&msgs, eos))],
+            settings,
+            logprobs,
+            echo: false,
+        })
     })();
     match prepared {
-        Ok((text, settings)) => generate(st, Kind::Chat, text, settings).await,
+        Ok(ask) => generate(st, ask).await,
         Err((m, p)) => bad_request(&st, m, p),
     }
 }
@@ -392,19 +402,17 @@ async fn completions(
         Ok(r) => r,
         Err(resp) => return *resp,
     };
-    let prompts = req.prompt.into_vec();
-    if prompts.len() != 1 {
-        return bad_request(
-            &st,
-            format!(
-                "{} prompts: one prompt per request is supported",
-                prompts.len()
-            ),
-            Some("prompt"),
-        );
-    }
-    match req.common.settings() {
-        Ok(s) => generate(st, Kind::Completion, prompts.into_iter().next().unwrap(), s).await,
+    let prepared = (|| {
+        Ok(Ask {
+            kind: Kind::Completion,
+            settings: req.common.settings()?,
+            logprobs: req.logprobs()?,
+            echo: req.echo.unwrap_or(false),
+            prompts: req.prompt.clone().into_prompts(),
+        })
+    })();
+    match prepared {
+        Ok(ask) => generate(st, ask).await,
         Err((m, p)) => bad_request(&st, m, p),
     }
 }
@@ -417,12 +425,96 @@ fn bad_request(st: &AppState, message: String, param: Option<&str>) -> Response 
     error(StatusCode::BAD_REQUEST, message, param)
 }
 
-/// Tokenizes, queues and answers one request.
-async fn generate(st: Arc<AppState>, kind: Kind, text: String, s: Settings) -> Response {
+/// A generation request, parsed and checked as far as it can be before
+/// tokenizing.
+struct Ask {
+    kind: Kind,
+    /// One choice each.
+    prompts: Vec<Prompt>,
+    settings: Settings,
+    /// Log-probabilities with this many alternatives.
+    logprobs: Option<usize>,
+    /// The prompt in front of the completion (its log-probabilities too
+    /// with `logprobs`).
+    echo: bool,
+}
+
+/// A prompt, tokenized, with its text as the completion echoes it: the
+/// tokens decoded, and the character offset at which each token's text
+/// starts.
+struct Tokenized {
+    tokens: Vec<u32>,
+    text: String,
+    offsets: Vec<usize>,
+}
+
+/// `tokens` decoded as generated text is (special tokens without text,
+/// UTF-8 completed across tokens), with each token's character offset.
+fn decode_with_offsets(tok: &crate::tokenizer::Tokenizer, tokens: &[u32]) -> (String, Vec<usize>) {
+    let mut dec = crate::tokenizer::StreamDecoder::new();
+    let (mut text, mut offsets, mut chars) = (String::new(), Vec::with_capacity(tokens.len()), 0);
+    for &t in tokens {
+        offsets.push(chars);
+        let piece = dec.push(tok.token_to_bytes(t, false));
+        chars += piece.chars().count();
+        text.push_str(&piece);
+    }
+    text.push_str(&dec.finish());
+    (text, offsets)
+}
+
+/// Tokenizes, checks, queues and answers one request (a job per prompt).
+async fn generate(st: Arc<AppState>, ask: Ask) -> Response {
+    let Ask {
+        kind,
+        prompts,
+        settings: s,
+        logprobs,
+        echo,
+    } = ask;
+    if prompts.is_empty() {
+        return bad_request(&st, "no prompt".into(), Some("prompt"));
+    }
+    let most = st.cfg.queue.max(1);
+    if prompts.len() > most {
+        return bad_request(
+            &st,
+            format!(
+                "{} prompts in one request; this server takes at most {most} (its queue)",
+                prompts.len()
+            ),
+            Some("prompt"),
+        );
+    }
+    if s.max_tokens == Some(0) && !echo {
+        return bad_request(
+            &st,
+            "max_tokens = 0 generates nothing; it is allowed only with echo".into(),
+            Some("max_tokens"),
+        );
+    }
     let st2 = st.clone();
-    let prompt = match tokio::task::spawn_blocking(move || {
+    let tokenized = match tokio::task::spawn_blocking(move || {
         let tok = &st2.model.tokenizer;
-        tok.encode(&text, tok.add_bos, true)
+        prompts
+            .into_iter()
+            .map(|p| {
+                let tokens = match p {
+                    Prompt::Text(text) => tok.encode(&text, tok.add_bos, true),
+                    Prompt::Tokens(ids) => ids,
+                };
+                let (text, offsets) = if echo {
+                    decode_with_offsets(tok, &tokens)
+                } else {
+                    Default::default()
+                };
+                Tokenized {
+                    tokens,
+                    text,
+                    offsets,
+                }
+            })
+            .collect::<Vec<_>>()
     })
     .await
     {
@@ -435,68 +527,96 @@ async fn generate(st: Arc<AppState>, kind: Kind, text: String, s: Settings) -> R
             )
         }
     };
-    if prompt.is_empty() {
-        return bad_request(&st, "the prompt is empty".into(), Some("prompt"));
-    }
-    let ctx = st.slot_ctx;
-    if prompt.len() >= ctx {
-        return bad_request(
-            &st,
-            format!(
-                "the prompt has {} tokens; this server's context per request is {ctx} (the prompt and at least one generated token must fit)",
-                prompt.len()
-            ),
-            Some("messages"),
-        );
-    }
-    let room = ctx - prompt.len();
-    let max_tokens = match s.max_tokens {
-        Some(m) if m > room => {
+    let (ctx, vocab) = (st.slot_ctx, st.model.config.vocab_size);
+    let param = match kind {
+        Kind::Chat => "messages",
+        Kind::Completion => "prompt",
+    };
+    let mut max_tokens = Vec::with_capacity(tokenized.len());
+    for (i, p) in tokenized.iter().enumerate() {
+        let which = if tokenized.len() > 1 {
+            format!("prompt {i}")
+        } else {
+            "the prompt".into()
+        };
+        let n = p.tokens.len();
+        if n == 0 {
+            return bad_request(&st, format!("{which} is empty"), Some(param));
+        }
+        if let Some(bad) = p.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return bad_request(
+                &st,
+                format!("{which}: token id {bad} is outside the vocabulary of {vocab} tokens"),
+                Some(param),
+            );
+        }
+        if n >= ctx {
             return bad_request(
                 &st,
                 format!(
-                    "max_tokens = {m} does not fit: the context per request is {ctx} tokens and the prompt takes {}",
-                    prompt.len()
+                    "{which} has {n} tokens; this server's context per request is {ctx} (the prompt and at least one generated token must fit)"
                 ),
-                Some("max_tokens"),
-            )
+                Some(param),
+            );
         }
-        Some(m) => m,
-        None => room,
-    };
+        let room = ctx - n;
+        max_tokens.push(match s.max_tokens {
+            Some(m) if m > room => {
+                return bad_request(
+                    &st,
+                    format!(
+                        "max_tokens = {m} does not fit: the context per request is {ctx} tokens and {which} takes {n}"
+                    ),
+                    Some("max_tokens"),
+                )
+            }
+            Some(m) => m,
+            None => room,
+        });
+    }
     let id = st.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let prompt_tokens = prompt.len();
-    let job = Job {
-        id,
-        prompt,
-        max_tokens,
-        sampling: SamplerConfig {
-            temperature: s.temperature,
-            top_k: s.top_k,
-            top_p: s.top_p,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            presence_penalty: s.presence_penalty,
-            frequency_penalty: s.frequency_penalty,
-            seed: s.seed,
-        },
-        stop: s.stop,
-        events: tx,
-    };
-    if st.engine.submit(job).is_err() {
-        st.engine
-            .metrics
-            .requests_rejected
-            .fetch_add(1, Ordering::Relaxed);
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy (its queue is full); retry later",
-            None,
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+    let mut receivers = Vec::with_capacity(tokenized.len());
+    let mut echoes = Vec::with_capacity(tokenized.len());
+    for (p, max_tokens) in tokenized.into_iter().zip(max_tokens) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            id,
+            prompt: p.tokens.clone(),
+            max_tokens,
+            logprobs,
+            echo: echo && logprobs.is_some(),
+            cache_prompt: s.cache_prompt,
+            sampling: SamplerConfig {
+                temperature: s.temperature,
+                top_k: s.top_k,
+                top_p: s.top_p,
+                repeat_penalty: 1.0,
+                repeat_last_n: 64,
+                presence_penalty: s.presence_penalty,
+                frequency_penalty: s.frequency_penalty,
+                seed: s.seed,
+            },
+            stop: s.stop.clone(),
+            events: tx,
+        };
+        if st.engine.submit(job).is_err() {
+            // (the prompts already queued are cancelled as their receivers
+            // are dropped)
+            st.engine
+                .metrics
+                .requests_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy (its queue is full); retry later",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        receivers.push(rx);
+        echoes.push(echo.then_some(p));
     }
     st.engine
         .metrics
@@ -504,89 +624,265 @@ async fn generate(st: Arc<AppState>, kind: Kind, text: String, s: Settings) -> R
         .fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         id,
-        prompt_tokens,
-        max_tokens,
+        prompts = receivers.len(),
         stream = s.stream,
         "request queued"
     );
-    let reply = Reply::new(kind, id, now(), st.cfg.model_name.clone());
-    if s.stream {
-        stream(reply, rx).into_response()
-    } else {
-        whole(reply, rx).await
-    }
-}
-
-/// The whole answer once generation ends.
-async fn whole(reply: Reply, mut rx: mpsc::UnboundedReceiver<Event>) -> Response {
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Failed(m) => return error(StatusCode::SERVICE_UNAVAILABLE, m, None),
-            Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                let usage = Usage::new(prompt_tokens, completion_tokens);
-                return Json(reply.whole(&text, finish, usage)).into_response();
-            }
-        }
-    }
-    error(StatusCode::SERVICE_UNAVAILABLE, "the server stopped", None)
-}
-
-/// Server-sent events: a chunk per piece of text, a last chunk with the
-/// finish reason and usage, then `[DONE]`. Dropping the stream (the client
-/// left) drops the receiver, which cancels the request.
-fn stream(
-    reply: Reply,
-    rx: mpsc::UnboundedReceiver<Event>,
-) -> Sse<impl futures_util::Stream<Item = std::result::Result<SseEvent, Infallible>>> {
-    struct S {
-        reply: Reply,
-        rx: mpsc::UnboundedReceiver<Event>,
-        first: bool,
-        state: u8, // 0 streaming, 1 send [DONE], 2 ended
-    }
-    let s = S {
-        reply,
-        rx,
-        first: true,
-        state: 0,
+    let out = Output {
+        reply: Reply::new(kind, id, now(), st.cfg.model_name.clone()),
+        model: st.model.clone(),
+        logprobs: logprobs.is_some(),
+        echoes,
     };
-    let events = futures_util::stream::unfold(s, |mut s| async move {
-        let data = match s.state {
-            0 => match s.rx.recv().await {
-                Some(Event::Text(t)) => {
-                    let v = to_json(&s.reply.chunk(Some(&t), s.first, None));
-                    s.first = false;
-                    v
+    if s.stream {
+        stream(out, receivers).into_response()
+    } else {
+        whole(out, receivers).await
+    }
+}
+
+/// How a request's events become its response.
+struct Output {
+    reply: Reply,
+    model: Arc<Model>,
+    /// Log-probabilities were asked for.
+    logprobs: bool,
+    /// Per choice, with `echo`, its prompt.
+    echoes: Vec<Option<Tokenized>>,
+}
+
+impl Output {
+    fn bytes(&self) -> impl Fn(u32) -> Vec<u8> + '_ {
+        |id| self.model.tokenizer.token_to_bytes(id, true).to_vec()
+    }
+
+    /// Choice `i`'s echoed prompt: its text, and its log-probabilities
+    /// (`lps`, those of its tokens but the first).
+    fn echo(&self, i: usize, lps: &[TokenLogprob]) -> (String, Option<Logprobs>) {
+        let Some(p) = &self.echoes[i] else {
+            return (String::new(), None);
+        };
+        let lp = self.logprobs.then(|| {
+            let entries = p
+                .tokens
+                .iter()
+                .zip(&p.offsets)
+                .enumerate()
+                .map(|(k, (&t, &at))| (t, k.checked_sub(1).and_then(|k| lps.get(k)), at));
+            Logprobs::text(entries, self.bytes())
+        });
+        (p.text.clone(), lp)
+    }
+
+    /// Generated tokens' log-probabilities in choice `i`'s form (offsets
+    /// after its echoed prompt).
+    fn generated(&self, i: usize, entries: &[(usize, TokenLogprob)]) -> Option<Logprobs> {
+        if !self.logprobs {
+            return None;
+        }
+        Some(match self.reply.kind {
+            Kind::Chat => Logprobs::chat(entries.iter().map(|e| &e.1), self.bytes()),
+            Kind::Completion => {
+                let base = self.echoes[i]
+                    .as_ref()
+                    .map_or(0, |p| p.text.chars().count());
+                let entries = entries.iter().map(|(at, e)| (e.token, Some(e), base + at));
+                Logprobs::text(entries, self.bytes())
+            }
+        })
+    }
+}
+
+/// Appends completions log-probabilities `more` to `to`.
+fn extend(to: &mut Option<Logprobs>, more: Option<Logprobs>) {
+    match (to.as_mut(), more) {
+        (_, None) => {}
+        (None, more) => *to = more,
+        (Some(Logprobs::Chat { content, .. }), Some(Logprobs::Chat { content: c, .. })) => {
+            content.extend(c)
+        }
+        (
+            Some(Logprobs::Text {
+                text_offset,
+                token_logprobs,
+                tokens,
+                top_logprobs,
+            }),
+            Some(Logprobs::Text {
+                text_offset: a,
+                token_logprobs: b,
+                tokens: c,
+                top_logprobs: d,
+            }),
+        ) => {
+            text_offset.extend(a);
+            token_logprobs.extend(b);
+            tokens.extend(c);
+            top_logprobs.extend(d);
+        }
+        (Some(_), Some(_)) => unreachable!("one endpoint's form per request"),
+    }
+}
+
+/// The whole answer once every choice's generation ends.
+async fn whole(out: Output, receivers: Vec<mpsc::UnboundedReceiver<Event>>) -> Response {
+    let mut answers = Vec::with_capacity(receivers.len());
+    let (mut prompt, mut completion) = (0, 0);
+    for (i, mut rx) in receivers.into_iter().enumerate() {
+        let mut answer = Answer::default();
+        if out.echoes[i].is_some() && !out.logprobs {
+            answer.text = out.echo(i, &[]).0;
+        }
+        loop {
+            match rx.recv().await {
+                Some(Event::Prompt(lps)) => {
+                    let (text, lp) = out.echo(i, &lps);
+                    answer.text = text;
+                    extend(&mut answer.logprobs, lp);
                 }
+                Some(Event::Text { text, logprobs }) => {
+                    answer.text.push_str(&text);
+                    extend(&mut answer.logprobs, out.generated(i, &logprobs));
+                }
+                Some(Event::Failed(m)) => return error(StatusCode::SERVICE_UNAVAILABLE, m, None),
                 Some(Event::Done {
                     finish,
                     prompt_tokens,
                     completion_tokens,
                 }) => {
-                    s.state = 1;
-                    let usage = Usage::new(prompt_tokens, completion_tokens);
-                    to_json(&s.reply.chunk(None, s.first, Some((finish, usage))))
+                    prompt += prompt_tokens;
+                    completion += completion_tokens;
+                    if out.logprobs && answer.logprobs.is_none() {
+                        answer.logprobs = out.generated(i, &[]);
+                    }
+                    answers.push((answer, finish));
+                    break;
                 }
-                Some(Event::Failed(m)) => {
-                    s.state = 1;
-                    to_json(&ErrorBody::new("server_error", m, None))
+                None => return error(StatusCode::SERVICE_UNAVAILABLE, "the server stopped", None),
+            }
+        }
+    }
+    Json(out.reply.whole(&answers, Usage::new(prompt, completion))).into_response()
+}
+
+/// Server-sent events: chunks of each choice's text (with its prompt first
+/// with `echo`), a chunk with each choice's finish reason, the usage in
+/// the last of those, then `[DONE]`. Dropping the stream (the client left)
+/// drops the receivers, which cancels the request.
+fn stream(
+    out: Output,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+) -> Sse<impl futures_util::Stream<Item = std::result::Result<SseEvent, Infallible>>> {
+    use futures_util::StreamExt;
+    let n = receivers.len();
+    let merged =
+        futures_util::stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| {
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+            )
+            .map(move |e| (i, e))
+            .boxed()
+        }));
+    struct S<M> {
+        out: Output,
+        merged: M,
+        /// Per choice: nothing sent yet.
+        first: Vec<bool>,
+        /// Choices not finished, and the usage of those that are.
+        left: usize,
+        usage: (usize, usize),
+        /// Chunks to send before reading more (an echo without
+        /// log-probabilities goes out at once).
+        queued: std::collections::VecDeque<String>,
+        ended: bool,
+    }
+    let mut s = S {
+        merged,
+        first: vec![true; n],
+        left: n,
+        usage: (0, 0),
+        queued: Default::default(),
+        ended: false,
+        out,
+    };
+    if !s.out.logprobs {
+        for i in 0..n {
+            if s.out.echoes[i].is_some() {
+                let (text, _) = s.out.echo(i, &[]);
+                let part = ChunkPart {
+                    index: i as u32,
+                    text: Some(&text),
+                    first: true,
+                    ..Default::default()
+                };
+                s.queued.push_back(to_json(&s.out.reply.chunk(part)));
+                s.first[i] = false;
+            }
+        }
+    }
+    let events = futures_util::stream::unfold(s, |mut s| async move {
+        if let Some(data) = s.queued.pop_front() {
+            return Some((Ok(SseEvent::default().data(data)), s));
+        }
+        if s.ended {
+            return None;
+        }
+        let data = match s.merged.next().await {
+            Some((i, ev)) => {
+                let first = std::mem::replace(&mut s.first[i], false);
+                let index = i as u32;
+                let reply = &s.out.reply;
+                match ev {
+                    Event::Prompt(lps) => {
+                        let (text, logprobs) = s.out.echo(i, &lps);
+                        to_json(&reply.chunk(ChunkPart {
+                            index,
+                            text: Some(&text),
+                            first,
+                            logprobs,
+                            ..Default::default()
+                        }))
+                    }
+                    Event::Text { text, logprobs } => to_json(&reply.chunk(ChunkPart {
+                        index,
+                        text: Some(&text),
+                        first,
+                        logprobs: s.out.generated(i, &logprobs),
+                        ..Default::default()
+                    })),
+                    Event::Done {
+                        finish,
+                        prompt_tokens,
+                        completion_tokens,
+                    } => {
+                        s.left -= 1;
+                        s.usage.0 += prompt_tokens;
+                        s.usage.1 += completion_tokens;
+                        let usage = (s.left == 0).then(|| Usage::new(s.usage.0, s.usage.1));
+                        if s.left == 0 {
+                            s.queued.push_back("[DONE]".into());
+                            s.ended = true;
+                        }
+                        to_json(&reply.chunk(ChunkPart {
+                            index,
+                            first,
+                            finish: Some(finish),
+                            usage,
+                            ..Default::default()
+                        }))
+                    }
+                    Event::Failed(m) => {
+                        s.queued.push_back("[DONE]".into());
+                        s.ended = true;
+                        to_json(&ErrorBody::new("server_error", m, None))
+                    }
                 }
-                None => {
-                    s.state = 2;
-                    "[DONE]".to_string()
-                }
-            },
-            1 => {
-                s.state = 2;
+            }
+            None => {
+                s.ended = true;
                 "[DONE]".to_string()
             }
-            _ => return None,
         };
         Some((Ok(SseEvent::default().data(data)), s))
     });

@@ -685,3 +685,5 @@ fn an_impossible_context_is_an_error_at_start() {
     .unwrap_err();
     assert!(err.message.contains("too large"), "{err}");
 }
+
+mod logprobs;
