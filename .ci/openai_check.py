@@ -2,11 +2,15 @@
 
 Usage: openai_check.py BASE_URL API_KEY
 Checks chat and completions, streamed and whole, stop strings, concurrent
-requests (each gets what it gets alone), usage, and the error statuses a
-client sees (400, 401, 404).
+requests (each gets what it gets alone), usage, log-probabilities through
+the client's typed models (chat top_logprobs; completions logprobs with
+echo, several prompts of token ids), and the error statuses a client sees
+(400, 401, 404).
 """
 import concurrent.futures
+import json
 import sys
+import urllib.request
 
 import openai
 
@@ -80,6 +84,48 @@ with concurrent.futures.ThreadPoolExecutor(len(prompts)) as ex:
 assert together == alone, (together, alone)
 print("concurrent requests: ok")
 
+# Log-probabilities, read through the client's typed models.
+r = client.chat.completions.create(
+    model=name, messages=msgs, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+)
+content = r.choices[0].logprobs.content
+assert len(content) == r.usage.completion_tokens, r
+for e in content:
+    assert isinstance(e, openai.types.chat.ChatCompletionTokenLogprob), type(e)
+    assert e.logprob <= 0 and len(e.top_logprobs) == 3, e
+    assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob, e
+    assert bytes(e.bytes).decode("utf-8", "replace") == e.token, e
+assert "".join(e.token for e in content) == r.choices[0].message.content
+streamed = [
+    e
+    for ch in client.chat.completions.create(
+        model=name, messages=msgs, max_tokens=6, temperature=0, logprobs=True,
+        top_logprobs=3, stream=True,
+    )
+    if ch.choices and ch.choices[0].logprobs
+    for e in ch.choices[0].logprobs.content
+]
+assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+req = urllib.request.Request(
+    base.removesuffix("/v1") + "/tokenize",
+    data=json.dumps({"content": prompt, "add_special": True}).encode(),
+    headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+)
+ids = json.load(urllib.request.urlopen(req))["tokens"]
+c = client.completions.create(
+    model=name, prompt=[ids, ids[:3]], max_tokens=1, temperature=0, logprobs=2, echo=True
+)
+assert isinstance(c, openai.types.Completion) and len(c.choices) == 2, c
+for ch, n in zip(sorted(c.choices, key=lambda ch: ch.index), (len(ids), 3)):
+    lp = ch.logprobs
+    assert isinstance(lp, openai.types.completion_choice.Logprobs), type(lp)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == n + 1, lp
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert all(v <= 0 for v in lp.token_logprobs[1:]), lp
+    assert all(len(t) == 2 and max(t.values()) >= v for t, v in zip(lp.top_logprobs[1:], lp.token_logprobs[1:])), lp
+    assert lp.text_offset == sorted(lp.text_offset), lp
+print("logprobs: ok")
+
 # Errors as a client sees them.
 def expect(exc, fn):
     try:
@@ -90,6 +136,11 @@ def expect(exc, fn):
     raise AssertionError(f"expected {exc.__name__}")
 
 expect(openai.BadRequestError, lambda: client.completions.create(model=name, prompt=prompt, max_tokens=0))
+expect(openai.BadRequestError, lambda: client.completions.create(model=name, prompt=prompt, logprobs=50))
+expect(
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(model=name, messages=msgs, top_logprobs=2),
+)
 expect(openai.BadRequestError, lambda: client.completions.create(model=name, prompt=prompt, temperature=9))
 expect(
     openai.BadRequestError,

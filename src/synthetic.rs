@@ -438,6 +438,8 @@ pub fn write_checkpoint(
             Family::BitNet => "BitnetForCausalLM",
             Family::Llama => "LlamaForCausalLM",
         }],
+        // (as the published checkpoints; tools such as transformers read it)
+        "model_type": if s.family == Family::BitNet158 { "bitnet" } else { "llama" },
         "hidden_act": if s.family == Family::BitNet158 { "relu2" } else { "silu" },
         "hidden_size": s.dim,
         "intermediate_size": s.ffn_dim,
@@ -462,7 +464,11 @@ pub fn write_checkpoint(
     std::fs::write(&p, config.to_string()).map_err(|e| io(e, &p))?;
     let made_up;
     let vocab = match vocab {
-        Some(v) => v,
+        Some(v) => {
+            // (its size must be the shape's)
+            tokenizer_metadata(Some(v), s.vocab_size)?;
+            v
+        }
         None => {
             made_up = Gguf::from_metadata(&tokenizer_metadata(None, s.vocab_size)?)?;
             &made_up

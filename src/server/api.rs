@@ -851,12 +851,14 @@ mod tests {
 
 /// `POST /tokenize`, as llama-server takes it: the text's token ids
 /// (special tokens in the text recognised; BOS with `add_special` when the
-/// model adds one), each with its text when `with_pieces`.
+/// model adds one), each with its text when `with_pieces`. vLLM's
+/// spellings (`prompt`, `add_special_tokens`), which lm-evaluation-harness
+/// sends, mean the same.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenizeRequest {
-    #[serde(default)]
+    #[serde(default, alias = "prompt")]
     pub content: String,
-    #[serde(default)]
+    #[serde(default, alias = "add_special_tokens")]
     pub add_special: bool,
     #[serde(default)]
     pub with_pieces: bool,
@@ -899,8 +901,21 @@ impl PieceText {
     }
 }
 
-/// The answer of `/detokenize`.
+/// The answer of `/detokenize`: the text as `content` (llama-server's
+/// name) and as `prompt` (vLLM's).
 #[derive(Debug, Serialize)]
 pub struct Detokenized {
     pub content: String,
+    pub prompt: String,
+}
+
+/// `GET /tokenizer_info` (vLLM's; lm-evaluation-harness's remote tokenizer
+/// reads it): the special tokens' texts, the chat template, the context.
+#[derive(Debug, Serialize)]
+pub struct TokenizerInfo<'a> {
+    pub bos_token: Option<&'a str>,
+    pub chat_template: Option<&'a str>,
+    pub eos_token: Option<&'a str>,
+    pub model_max_length: usize,
+    pub tokenizer_class: &'static str,
 }

@@ -44,7 +44,7 @@ use crate::sampler::SamplerConfig;
 use api::{
     Answer, ChatRequest, ChunkPart, CompletionRequest, DetokenizeRequest, Detokenized, ErrorBody,
     Health, Kind, Logprobs, ModelList, Piece, PieceText, Prompt, Reply, Settings, TokenizeRequest,
-    Tokens, Usage,
+    TokenizerInfo, Tokens, Usage,
 };
 use engine::{Engine, EngineConfig, Event, Job};
 use logprobs::TokenLogprob;
@@ -196,6 +196,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -302,8 +303,23 @@ async fn detokenize(
         .iter()
         .flat_map(|&id| tok.token_to_bytes(id, true).iter().copied())
         .collect();
+    let content = String::from_utf8_lossy(&bytes).into_owned();
     Json(Detokenized {
-        content: String::from_utf8_lossy(&bytes).into_owned(),
+        prompt: content.clone(),
+        content,
+    })
+    .into_response()
+}
+
+/// vLLM's `/tokenizer_info`.
+async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Response {
+    let tok = &st.model.tokenizer;
+    Json(TokenizerInfo {
+        bos_token: tok.bos.and_then(|t| tok.token_text(t)),
+        chat_template: st.model.chat_template.as_deref(),
+        eos_token: tok.eos.and_then(|t| tok.token_text(t)),
+        model_max_length: st.slot_ctx,
+        tokenizer_class: "bitnet",
     })
     .into_response()
 }

@@ -288,6 +288,23 @@ fn tokenize_and_detokenize_as_llama_server() {
     }
     let (code, _) = srv.post_raw("/tokenize", "{not json", None);
     assert_eq!(code, 400);
+    // vLLM's spellings, as lm-evaluation-harness's remote tokenizer sends
+    // them, and its /tokenizer_info.
+    let (_, body) = srv.post(
+        "/tokenize",
+        &json!({"prompt": text, "add_special_tokens": false}),
+    );
+    assert_eq!(body["tokens"], json!(ids));
+    let (_, body) = srv.post("/detokenize", &json!({"tokens": ids}));
+    assert_eq!(body["prompt"], text);
+    let info: Value = ureq::get(&format!("{}/tokenizer_info", srv.url))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(info["eos_token"], "<|end_of_text|>", "{info}");
+    assert_eq!(info["bos_token"], "<|begin_of_text|>", "{info}");
+    assert_eq!(info["model_max_length"], 256);
     srv.shutdown();
     // a piece that is not UTF-8 on its own goes out as its bytes
     assert_eq!(
