@@ -329,11 +329,28 @@ impl<'a> ErrorBody<'a> {
 /// `GET /health`.
 #[derive(Debug, Serialize)]
 pub struct Health {
+    pub slots_idle: usize,
+    pub slots_processing: usize,
     pub status: &'static str,
 }
 
 impl Health {
-    pub const OK: Health = Health { status: "ok" };
+    pub fn ok(slots_idle: usize, slots_processing: usize) -> Health {
+        Health {
+            slots_idle,
+            slots_processing,
+            status: "ok",
+        }
+    }
+
+    /// Every slot busy (asked with `fail_on_no_slot`).
+    pub fn no_slot(slots_processing: usize) -> Health {
+        Health {
+            slots_idle: 0,
+            slots_processing,
+            status: "no slot available",
+        }
+    }
 }
 
 /// `GET /v1/models`.
@@ -753,7 +770,10 @@ mod tests {
             ErrorBody::new("server_error", "the server stopped".into(), None),
             json!({"error": {"message": "the server stopped", "type": "server_error", "param": Value::Null, "code": Value::Null}}),
         );
-        same(Health::OK, json!({"status": "ok"}));
+        same(
+            Health::ok(3, 1),
+            json!({"slots_idle": 3, "slots_processing": 1, "status": "ok"}),
+        );
         same(
             ModelList::one("bitnet", 1_700_000_000),
             json!({

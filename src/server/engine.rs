@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logprobs::{LogSoftmax, Pending, TokenLogprob};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, SlotState};
 use crate::model::{Model, Segment, Session};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
@@ -408,6 +408,18 @@ impl<'m> Worker<'m> {
         drain: Arc<AtomicBool>,
         cancel: Arc<AtomicBool>,
     ) -> Worker<'m> {
+        let ctx = sess.ctx();
+        if let Ok(mut slots) = metrics.slots.lock() {
+            *slots = (0..cfg.slots)
+                .map(|id| SlotState {
+                    id,
+                    id_task: -1,
+                    n_ctx: ctx,
+                    ..Default::default()
+                })
+                .collect();
+        }
+        metrics.kv_size.store(ctx * cfg.slots, Ordering::Relaxed);
         Worker {
             sess,
             chunk: cfg.chunk.max(1),
@@ -485,6 +497,14 @@ impl<'m> Worker<'m> {
             self.slot_prompts[slot] = job.prompt.clone();
             self.taken += 1;
             self.slot_used[slot] = self.taken;
+            self.metrics.update_slot(slot, |s| {
+                s.id_task = job.id as i64;
+                s.is_processing = true;
+                s.n_past = reused;
+                s.n_prompt_tokens = job.prompt.len();
+                s.n_prompt_tokens_cache = reused;
+                s.n_decoded = 0;
+            });
             let vocab = self.sess.model.config.vocab_size;
             self.active.push(Active::new(job, slot, reused, vocab));
         }
@@ -524,6 +544,7 @@ impl<'m> Worker<'m> {
                 } else {
                     let _ = a.job.events.send(a.done(FinishReason::Cancelled));
                 }
+                metrics.release_slot(a.slot);
                 free.push(a.slot);
                 return false;
             }
@@ -549,6 +570,7 @@ impl<'m> Worker<'m> {
             })
             .collect();
         let mut sampled = Vec::new();
+        let started = Instant::now();
         let (active, ls) = (&mut self.active, &mut self.log_softmax);
         let result = self.sess.forward_segments(&segments, &mut |s, t, logits| {
             let p = &plan[s];
@@ -566,7 +588,34 @@ impl<'m> Worker<'m> {
             }
         });
         match result {
-            Ok(()) => Some(sampled),
+            Ok(()) => {
+                let decode_rows = plan
+                    .iter()
+                    .filter(|p| matches!(self.active[p.request].phase, Phase::Decode { .. }))
+                    .count();
+                let rows: usize = plan.iter().map(|p| p.tokens.len()).sum();
+                let busy = self.active.len();
+                self.metrics
+                    .step(started.elapsed(), rows - decode_rows, decode_rows, busy);
+                let positions: Vec<usize> = (0..self.sess.slots())
+                    .map(|s| self.sess.slot_pos(s))
+                    .collect();
+                self.metrics
+                    .kv_tokens
+                    .store(positions.iter().sum(), Ordering::Relaxed);
+                self.metrics.n_tokens_max.fetch_max(
+                    positions.iter().copied().max().unwrap_or(0),
+                    Ordering::Relaxed,
+                );
+                for a in &self.active {
+                    let (pos, decoded) = (positions[a.slot], a.generated);
+                    self.metrics.update_slot(a.slot, |s| {
+                        s.n_past = pos;
+                        s.n_decoded = decoded;
+                    });
+                }
+                Some(sampled)
+            }
             Err(e) => {
                 self.fail(plan, &e);
                 None
@@ -582,7 +631,7 @@ impl<'m> Worker<'m> {
             let a = &self.active[p.request];
             let _ = a.job.events.send(Event::Failed(e.to_string()));
         }
-        let (free, prompts) = (&mut self.free, &mut self.slot_prompts);
+        let (free, prompts, metrics) = (&mut self.free, &mut self.slot_prompts, &self.metrics);
         let mut i = 0;
         self.active.retain(|a| {
             let keep = !plan.iter().any(|p| p.request == i);
@@ -590,6 +639,7 @@ impl<'m> Worker<'m> {
             if !keep {
                 // (what the step left in its cache is not to be reused)
                 prompts[a.slot].clear();
+                metrics.release_slot(a.slot);
                 free.push(a.slot);
             }
             keep
@@ -696,6 +746,12 @@ impl<'m> Worker<'m> {
             finish = finish.as_str(),
             "request done"
         );
+        let (decoded, pos) = (a.generated, self.sess.slot_pos(a.slot));
+        self.metrics.update_slot(a.slot, |s| {
+            s.n_decoded = decoded;
+            s.n_past = pos;
+        });
+        self.metrics.release_slot(a.slot);
         self.free.push(a.slot);
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -71,6 +71,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// The name `/v1/models` lists and responses carry.
     pub model_name: String,
+    /// The model's path, as `/props` shows it.
+    pub model_path: String,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +89,7 @@ impl Default for ServeConfig {
             chunk: 64,
             drain_timeout: Duration::from_secs(10),
             model_name: "bitnet".into(),
+            model_path: String::new(),
         }
     }
 }
@@ -100,17 +103,44 @@ struct AppState {
     next_id: AtomicU64,
 }
 
-/// Serves until `shutdown` resolves, then drains and returns. `ready` gets
-/// the bound address once the server listens.
+/// Serves `model` until `shutdown` resolves, then drains and returns.
+/// `ready` gets the bound address once the server serves the model.
 pub fn serve(
     model: Model,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<()> {
-    if cfg.parallel == 0 {
-        return Err(Error::invalid("--parallel must be at least 1"));
-    }
+    let mut ready = Some(ready);
+    run(
+        move || Ok(model),
+        cfg,
+        shutdown,
+        |_| {},
+        move |addr| {
+            if let Some(r) = ready.take() {
+                r(addr)
+            }
+        },
+    )
+}
+
+/// Listens first, then loads the model with `load` while `/health` answers
+/// 503 "Loading model" (every other endpoint too), as llama-server does;
+/// serves until `shutdown` resolves, then drains and returns. `listening`
+/// gets the bound address before the model loads. A model that fails to
+/// load ends the server with its error.
+pub fn serve_loading(
+    load: impl FnOnce() -> Result<Model> + Send + 'static,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(SocketAddr) + Send,
+) -> Result<()> {
+    run(load, cfg, shutdown, listening, |_| {})
+}
+
+/// The model's context split over the slots: positions per slot.
+fn slot_context(model: &Model, cfg: &ServeConfig) -> Result<usize> {
     let total = if cfg.ctx == 0 {
         model.config.ctx_len * cfg.parallel
     } else {
@@ -123,6 +153,12 @@ pub fn serve(
             cfg.parallel
         )));
     }
+    Ok(slot_ctx)
+}
+
+/// The model's state and its engine, once loaded.
+fn start_app(model: Model, cfg: ServeConfig) -> Result<AppState> {
+    let slot_ctx = slot_context(&model, &cfg)?;
     let model = Arc::new(model);
     let engine = Engine::start(
         model.clone(),
@@ -138,6 +174,32 @@ pub fn serve(
         model.chat_template.as_deref(),
         model.gguf_str("tokenizer.ggml.pre"),
     );
+    Ok(AppState {
+        model,
+        engine,
+        cfg,
+        slot_ctx,
+        format,
+        next_id: AtomicU64::new(1),
+    })
+}
+
+/// llama-server's answer while the model loads.
+fn loading() -> Response {
+    let body = serde_json::json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+fn run(
+    load: impl FnOnce() -> Result<Model> + Send + 'static,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(SocketAddr) + Send,
+    ready: impl FnOnce(SocketAddr) + Send,
+) -> Result<()> {
+    if cfg.parallel == 0 {
+        return Err(Error::invalid("--parallel must be at least 1"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,39 +213,91 @@ pub fn serve(
         .local_addr()
         .map_err(|e| Error::invalid(e.to_string()))?;
     let drain_timeout = cfg.drain_timeout;
-    let state = Arc::new(AppState {
-        model,
-        engine,
-        cfg,
-        slot_ctx,
-        format,
-        next_id: AtomicU64::new(1),
-    });
-    let app = router(state.clone());
-    tracing::info!(%local, slots = state.cfg.parallel, slot_ctx, "listening");
-    ready(local);
-    let st = state.clone();
-    let result = rt.block_on(async move {
-        let stop = async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing accepted requests");
-            st.engine.drain();
-            let st2 = st.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(drain_timeout).await;
-                tracing::warn!("drain timeout: cancelling what is left");
-                st2.engine.cancel_all();
+    let body_limit = cfg.body_limit;
+    // Requests go to the model's router once it is loaded; until then
+    // they are answered "Loading model".
+    let gate: Arc<std::sync::OnceLock<(Router, Arc<AppState>)>> = Default::default();
+    let g = gate.clone();
+    let app = Router::new()
+        .fallback_service(tower::service_fn(move |req: Request| {
+            let g = g.clone();
+            async move {
+                use tower::ServiceExt;
+                match g.get() {
+                    Some((r, _)) => r.clone().oneshot(req).await,
+                    None => Ok(loading()),
+                }
+            }
+        }))
+        .layer(DefaultBodyLimit::max(body_limit));
+    tracing::info!(%local, "listening; loading the model");
+    listening(local);
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+    let g = gate.clone();
+    let loader = std::thread::Builder::new()
+        .name("bitnet-load".into())
+        .spawn(move || {
+            let result = load().and_then(|m| start_app(m, cfg)).map(|st| {
+                let st = Arc::new(st);
+                tracing::info!(
+                    slots = st.cfg.parallel,
+                    slot_ctx = st.slot_ctx,
+                    "model loaded"
+                );
+                let _ = g.set((router(st.clone()), st));
             });
+            let _ = loaded_tx.send(result);
+        })
+        .map_err(|e| Error::invalid(format!("cannot start the loading thread: {e}")))?;
+    let load_error = Arc::new(std::sync::Mutex::new(None));
+    let load_err = load_error.clone();
+    let g = gate.clone();
+    let result = rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let control = async move {
+            // A failed load ends the server at once; a shutdown during the
+            // load waits for it (the engine thread must be stopped).
+            match loaded_rx.await {
+                Ok(Ok(())) => {
+                    ready(local);
+                    shutdown.await;
+                    tracing::info!("shutting down: finishing accepted requests");
+                    if let Some((_, st)) = g.get() {
+                        st.engine.drain();
+                        let st = st.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(drain_timeout).await;
+                            tracing::warn!("drain timeout: cancelling what is left");
+                            st.engine.cancel_all();
+                        });
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the model did not load");
+                    *load_err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+                Err(_) => {}
+            }
+            let _ = stop_tx.send(());
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        let (result, ()) = tokio::join!(async { server.await }, control);
+        result
     });
     drop(rt);
-    // The last handle: stops the engine thread (everything has finished or
+    let _ = loader.join();
+    if let Some(e) = load_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    // The last handles: stop the engine thread (everything has finished or
     // was cancelled by now).
-    if let Ok(mut st) = Arc::try_unwrap(state) {
-        st.engine.stop(true);
+    if let Some((router, st)) = Arc::try_unwrap(gate).ok().and_then(|g| g.into_inner()) {
+        drop(router);
+        if let Ok(mut st) = Arc::try_unwrap(st) {
+            st.engine.stop(true);
+        }
     }
     result.map_err(|e| Error::invalid(format!("server error: {e}")))
 }
@@ -197,6 +311,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/tokenizer_info", get(tokenizer_info))
+        .route("/props", get(props))
+        .route("/slots", get(slots))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(health))
@@ -246,8 +362,60 @@ async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
-async fn health() -> Response {
-    Json(Health::OK).into_response()
+/// `GET /health`: ok with the idle and busy slots; with
+/// `?fail_on_no_slot=1` a 503 "no slot available" when every slot is busy
+/// (llama-server's states; "Loading model" before this router serves).
+async fn health(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let busy = st.engine.metrics.active_slots.load(Ordering::Relaxed);
+    let idle = st.cfg.parallel.saturating_sub(busy);
+    let fail = q
+        .get("fail_on_no_slot")
+        .is_some_and(|v| !matches!(v.as_str(), "0" | "false"));
+    if fail && idle == 0 {
+        let body = Health::no_slot(busy);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(Health::ok(idle, busy)).into_response()
+}
+
+/// llama-server's `GET /props`: the server's settings and the defaults of
+/// a request.
+async fn props(State(st): State<Arc<AppState>>) -> Response {
+    let body = serde_json::json!({
+        "default_generation_settings": {
+            "n_ctx": st.slot_ctx,
+            "model": st.cfg.model_name,
+            "params": {
+                "n_predict": -1,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "presence_penalty": 0.0,
+                "frequency_penalty": 0.0,
+                "seed": 0,
+                "stop": [],
+                "cache_prompt": true,
+                "n_probs": 0,
+            },
+        },
+        "total_slots": st.cfg.parallel,
+        "model_path": st.cfg.model_path,
+        "chat_template": st.model.chat_template.as_deref().unwrap_or(""),
+        "bos_token": st.model.tokenizer.bos.and_then(|t| st.model.tokenizer.token_text(t)),
+        "eos_token": st.model.tokenizer.eos.and_then(|t| st.model.tokenizer.token_text(t)),
+        "n_ctx_train": st.model.config.ctx_len,
+        "build_info": concat!("bitnet-stfma ", env!("CARGO_PKG_VERSION")),
+        "modalities": {"vision": false, "audio": false},
+    });
+    Json(body).into_response()
+}
+
+/// llama-server's `GET /slots` (read-only): each slot's state.
+async fn slots(State(st): State<Arc<AppState>>) -> Response {
+    Json(st.engine.metrics.slot_states()).into_response()
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {

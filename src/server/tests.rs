@@ -703,4 +703,5 @@ fn an_impossible_context_is_an_error_at_start() {
     assert!(err.message.contains("too large"), "{err}");
 }
 
+mod endpoints;
 mod logprobs;

@@ -69,7 +69,6 @@ pub fn serve(a: ServeArgs) -> CliResult {
         .with_writer(std::io::stderr)
         .try_init();
     warn_threads(a.threads);
-    let model = crate::common::open_model(&a.model, a.head.load_options())?;
     let name = a.alias.clone().unwrap_or_else(|| {
         a.model
             .file_stem()
@@ -88,6 +87,7 @@ pub fn serve(a: ServeArgs) -> CliResult {
         chunk: a.chunk,
         drain_timeout: Duration::from_secs(a.drain_timeout),
         model_name: name,
+        model_path: a.model.display().to_string(),
     };
     let shutdown = async {
         let term = async {
@@ -103,10 +103,27 @@ pub fn serve(a: ServeArgs) -> CliResult {
             _ = term => {}
         }
     };
-    server::serve(model, cfg, shutdown, |addr| {
-        eprintln!("bitnet serve: listening on http://{addr} (OpenAI API under /v1)");
-    })
-    .map_err(|e| CliError::Other(e.to_string()))
+    // The model loads while the server listens (/health: 503 "Loading
+    // model" until it is served).
+    let (path, opts) = (a.model.clone(), a.head.load_options());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let load = move || {
+        crate::common::open_model(&path, opts).map_err(|e| {
+            let msg = e.message().to_string();
+            let _ = tx.send(e);
+            bitnet_stfma::Error::invalid(msg)
+        })
+    };
+    let served = server::serve_loading(load, cfg, shutdown, |addr| {
+        eprintln!(
+            "bitnet serve: listening on http://{addr} (OpenAI API under /v1); loading the model"
+        );
+    });
+    // A model that did not load keeps its own error (and exit status).
+    if let Ok(e) = rx.try_recv() {
+        return Err(e);
+    }
+    served.map_err(|e| CliError::Other(e.to_string()))
 }
 
 #[derive(Args)]
