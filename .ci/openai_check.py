@@ -126,6 +126,39 @@ for ch, n in zip(sorted(c.choices, key=lambda ch: ch.index), (len(ids), 3)):
     assert lp.text_offset == sorted(lp.text_offset), lp
 print("logprobs: ok")
 
+# Structured output: the client's own parse() with a pydantic model (its
+# schema has $defs, $ref, enum, maxItems, additionalProperties false).
+from typing import List, Literal  # noqa: E402
+
+import pydantic  # noqa: E402
+
+
+class Inner(pydantic.BaseModel):
+    x: int
+    flag: bool
+
+
+class Thing(pydantic.BaseModel):
+    color: Literal["red", "green", "blue"]
+    count: int
+    inner: Inner
+    sizes: List[int] = pydantic.Field(max_length=3)
+
+
+for seed in range(3):
+    r = client.chat.completions.parse(
+        model=name, messages=msgs, max_tokens=200, seed=seed, temperature=0.8, response_format=Thing
+    )
+    assert r.choices[0].finish_reason == "stop", r
+    thing = r.choices[0].message.parsed
+    assert isinstance(thing, Thing) and len(thing.sizes) <= 3, r
+r = client.chat.completions.create(
+    model=name, messages=msgs, max_tokens=100, seed=1, response_format={"type": "json_object"}
+)
+if r.choices[0].finish_reason == "stop":
+    assert isinstance(json.loads(r.choices[0].message.content), dict), r
+print("structured output: ok,", thing)
+
 # Errors as a client sees them.
 def expect(exc, fn):
     try:
@@ -137,6 +170,12 @@ def expect(exc, fn):
 
 expect(openai.BadRequestError, lambda: client.completions.create(model=name, prompt=prompt, max_tokens=0))
 expect(openai.BadRequestError, lambda: client.completions.create(model=name, prompt=prompt, logprobs=50))
+expect(
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(
+        model=name, messages=msgs, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a"}}}
+    ),
+)
 expect(
     openai.BadRequestError,
     lambda: client.chat.completions.create(model=name, messages=msgs, top_logprobs=2),

@@ -20,6 +20,8 @@ pub mod ffi;
 pub mod fuzz;
 #[cfg(feature = "runner")]
 pub mod gguf;
+#[cfg(feature = "runner")]
+pub mod json_schema;
 pub mod kernels;
 pub mod matmul;
 #[cfg(feature = "runner")]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::FinishReason;
 use super::logprobs::TokenLogprob;
+use crate::json_schema::Schema;
 
 /// Either one string or a list of them (`stop`, `prompt`).
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +81,14 @@ pub struct Common {
     /// (default true).
     #[serde(default)]
     pub cache_prompt: Option<bool>,
+    /// OpenAI's `{"type": "text" | "json_object" | "json_schema",
+    /// "json_schema": {"schema": ...}}`; llama-server's `json_object`
+    /// with a `schema` too.
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// llama-server's schema field.
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +203,8 @@ pub struct Settings {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub cache_prompt: bool,
+    /// The JSON the text must be (`response_format`).
+    pub schema: Option<std::sync::Arc<Schema>>,
 }
 
 /// A 400's message and the offending parameter.
@@ -260,7 +271,41 @@ impl Common {
             presence_penalty: pen(self.presence_penalty, "presence_penalty")?,
             frequency_penalty: pen(self.frequency_penalty, "frequency_penalty")?,
             cache_prompt: self.cache_prompt.unwrap_or(true),
+            schema: self.schema()?,
         })
+    }
+
+    /// The schema of `response_format` (or of llama-server's
+    /// `json_schema`), compiled.
+    fn schema(&self) -> Result<Option<std::sync::Arc<Schema>>, Invalid> {
+        let p = Some("response_format");
+        let bad = |m: String| Err((m, p));
+        let compile = |v: &serde_json::Value| {
+            Schema::compile(v)
+                .map(|s| Some(std::sync::Arc::new(s)))
+                .map_err(|e| (format!("response_format: {}", e.message), p))
+        };
+        if let Some(s) = &self.json_schema {
+            return compile(s);
+        }
+        let Some(rf) = &self.response_format else {
+            return Ok(None);
+        };
+        match rf.get("type").and_then(|t| t.as_str()) {
+            Some("text") => Ok(None),
+            Some("json_object") => match rf.get("schema") {
+                Some(s) => compile(s),
+                None => Ok(Some(std::sync::Arc::new(Schema::any_object()))),
+            },
+            Some("json_schema") => match rf.get("json_schema").and_then(|j| j.get("schema")) {
+                Some(s) => compile(s),
+                None => bad("response_format json_schema needs json_schema.schema".into()),
+            },
+            Some(t) => bad(format!(
+                "response_format type '{t}' is not one of text, json_object, json_schema"
+            )),
+            None => bad("response_format needs a type".into()),
+        }
     }
 }
 

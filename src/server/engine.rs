@@ -20,6 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::logprobs::{LogSoftmax, Pending, TokenLogprob};
 use super::metrics::{Metrics, SlotState};
+use crate::json_schema::{Constrained, Schema};
 use crate::model::{Model, Segment, Session};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
@@ -39,6 +40,9 @@ pub struct Job {
     /// Start from the longest prefix of the prompt already in a free
     /// slot's cache (llama-server's `cache_prompt`).
     pub cache_prompt: bool,
+    /// Generate JSON of this schema (`response_format`): sampling keeps to
+    /// it, and the generation ends with the value.
+    pub schema: Option<Arc<Schema>>,
     pub sampling: SamplerConfig,
     /// Generation stops before any of these strings (not sent).
     pub stop: Vec<String>,
@@ -239,6 +243,8 @@ struct Active {
     pending: Pending,
     /// The prompt's log-probabilities so far (with `echo`).
     prompt_logprobs: Vec<TokenLogprob>,
+    /// Sampling kept to the job's schema.
+    json: Option<Constrained>,
 }
 
 impl Active {
@@ -250,7 +256,9 @@ impl Active {
             sampler.accept(t);
         }
         let stop = StopFilter::new(&job.stop);
+        let json = job.schema.clone().map(Constrained::new);
         Active {
+            json,
             job,
             slot,
             phase: Phase::Prompt { fed },
@@ -327,8 +335,9 @@ fn plan(active: &[Active], chunk: usize, max_batch: usize) -> Vec<Planned> {
     plan
 }
 
-/// A sampled token: (request, token, its log-probability when asked for).
-type Sampled = (usize, u32, Option<TokenLogprob>);
+/// A sampled token: (request, token, its log-probability when asked for);
+/// no token when the request's schema allows none (its value ends there).
+type Sampled = (usize, Option<u32>, Option<TokenLogprob>);
 
 /// How many of `job`'s prompt tokens a slot whose cache holds `cached` (as
 /// prompt chunks of `chunk` tokens from position 0; the first `pos` of
@@ -572,6 +581,7 @@ impl<'m> Worker<'m> {
         let mut sampled = Vec::new();
         let started = Instant::now();
         let (active, ls) = (&mut self.active, &mut self.log_softmax);
+        let tok = &self.sess.model.tokenizer;
         let result = self.sess.forward_segments(&segments, &mut |s, t, logits| {
             let p = &plan[s];
             let a = &mut active[p.request];
@@ -582,8 +592,11 @@ impl<'m> Worker<'m> {
                 }
             }
             if p.wants_logits && t + 1 == p.tokens.len() && a.job.max_tokens > 0 {
-                let token = a.sampler.sample(logits);
-                let logprob = a.job.logprobs.map(|_| ls.of(logits, token, top));
+                let token = match &mut a.json {
+                    None => Some(a.sampler.sample(logits)),
+                    Some(c) => c.sample(&mut a.sampler, tok, logits),
+                };
+                let logprob = token.and_then(|t| a.job.logprobs.map(|_| ls.of(logits, t, top)));
                 sampled.push((p.request, token, logprob));
             }
         });
@@ -674,9 +687,14 @@ impl<'m> Worker<'m> {
         let tok = &self.sess.model.tokenizer;
         for (i, t, logprob) in sampled {
             let a = &mut self.active[i];
-            if tok.is_end_of_generation(t) {
+            let Some(t) = t.filter(|&t| !tok.is_end_of_generation(t)) else {
                 finished.push((i, FinishReason::Stop));
                 continue;
+            };
+            let mut complete = false;
+            if let Some(c) = &mut a.json {
+                c.accept(tok, t);
+                complete = c.is_done();
             }
             a.sampler.accept(t);
             a.generated += 1;
@@ -693,7 +711,7 @@ impl<'m> Worker<'m> {
             if !text.is_empty() || !logprobs.is_empty() {
                 let _ = a.job.events.send(Event::Text { text, logprobs });
             }
-            if hit {
+            if hit || complete {
                 finished.push((i, FinishReason::Stop));
             } else if a.generated >= a.job.max_tokens
                 || self.sess.slot_pos(a.slot) >= self.sess.ctx()
@@ -852,6 +870,7 @@ mod tests {
             logprobs: None,
             echo: false,
             cache_prompt: true,
+            schema: None,
             sampling: SamplerConfig::default(),
             stop: Vec::new(),
             events,

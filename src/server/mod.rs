@@ -770,6 +770,7 @@ async fn generate(st: Arc<AppState>, ask: Ask) -> Response {
             logprobs,
             echo: echo && logprobs.is_some(),
             cache_prompt: s.cache_prompt,
+            schema: s.schema.clone(),
             sampling: SamplerConfig {
                 temperature: s.temperature,
                 top_k: s.top_k,

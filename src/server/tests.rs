@@ -705,3 +705,4 @@ fn an_impossible_context_is_an_error_at_start() {
 
 mod endpoints;
 mod logprobs;
+mod structured;
