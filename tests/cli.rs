@@ -1288,3 +1288,60 @@ mod convert {
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
+
+/// `bitnet loadgen` reads llama-server's own stream format (bitnet.cpp's
+/// `/v1/completions`: `{"content", "stop"}` chunks, no `[DONE]`, the
+/// connection closed without the last chunk of the chunked body) as well
+/// as OpenAI's: a stand-in server on loopback answers each request so.
+#[test]
+fn loadgen_reads_llama_servers_own_stream() {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            // The request: headers, then the body by its length.
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for chunk in [
+                r#"data: {"content":"Par","stop":false}"#,
+                r#"data: {"content":"is","stop":false}"#,
+                r#"data: {"content":"!","stop":false}"#,
+                r#"data: {"content":"","stop":true,"tokens_predicted":3}"#,
+            ] {
+                let data = format!("{chunk}\n\n");
+                let _ = write!(c, "{:x}\r\n{data}\r\n", data.len());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // (no terminating chunk: the connection just closes)
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let o = bitnet(&["loadgen", "--url", &url, "-k", "1,2", "-r", "2", "-n", "3"]);
+    let out = ok(&o);
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| 1 ") || l.starts_with("| 2 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in rows {
+        let tok_s: f64 = r.split('|').nth(3).unwrap().trim().parse().unwrap();
+        assert!(tok_s > 0.0, "{r}");
+    }
+}

@@ -140,7 +140,12 @@ pub struct LoadgenArgs {
     /// max_tokens of each request.
     #[arg(short = 'n', long, default_value_t = 32)]
     max_tokens: usize,
-    /// The prompt of each request (/v1/completions).
+    /// The endpoint: `completions` (/v1/completions, the prompt as is) or `chat`
+    /// (/v1/chat/completions, the prompt as a user message). Either server's stream
+    /// format is read (OpenAI's, or llama-server's own `content` / `stop` chunks).
+    #[arg(long, default_value = "completions", value_parser = ["completions", "chat"])]
+    endpoint: String,
+    /// The prompt of each request.
     #[arg(
         short,
         long,
@@ -193,17 +198,33 @@ fn one_with(
     max_tokens: usize,
 ) -> Result<Sample, String> {
     let t0 = Instant::now();
-    let mut req = agent.post(&format!("{}/v1/completions", a.url));
+    let chat = a.endpoint == "chat";
+    let path = if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
+    };
+    let mut req = agent.post(&format!("{}{path}", a.url));
     if let Some(k) = &a.api_key {
         req = req.set("Authorization", &format!("Bearer {k}"));
     }
-    let body =
-        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
+    let mut body = json!({"max_tokens": max_tokens, "temperature": 0, "stream": true});
+    if chat {
+        body["messages"] = json!([{"role": "user", "content": prompt}]);
+    } else {
+        body["prompt"] = json!(prompt);
+    }
     let resp = req.send_json(body).map_err(|e| e.to_string())?;
     let mut s = Sample::default();
     let mut last: Option<Instant> = None;
+    let (mut chunks, mut ended) = (0, false);
     for line in std::io::BufReader::new(resp.into_reader()).lines() {
-        let line = line.map_err(|e| e.to_string())?;
+        let line = match line {
+            Ok(l) => l,
+            // (llama-server's own stream may end without a last chunk)
+            Err(_) if ended || chunks > 0 => break,
+            Err(e) => return Err(e.to_string()),
+        };
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
         };
@@ -211,11 +232,18 @@ fn one_with(
             break;
         }
         let v: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
-        if let Some(u) = v.get("usage") {
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             s.tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
         }
-        let text = v["choices"][0]["text"].as_str().unwrap_or("");
+        let c = &v["choices"][0];
+        // OpenAI's completions, OpenAI's chat, llama-server's own.
+        let text = c["text"]
+            .as_str()
+            .or_else(|| c["delta"]["content"].as_str())
+            .or_else(|| v["content"].as_str())
+            .unwrap_or("");
         if !text.is_empty() {
+            chunks += 1;
             let now = Instant::now();
             match last {
                 None => s.ttft = (now - t0).as_secs_f64(),
@@ -223,6 +251,16 @@ fn one_with(
             }
             last = Some(now);
         }
+        if v["stop"].as_bool() == Some(true) {
+            ended = true;
+            if let Some(n) = v["tokens_predicted"].as_u64() {
+                s.tokens = n as usize;
+            }
+        }
+    }
+    if s.tokens == 0 {
+        // (no usage: a token per chunk with text, as both servers stream)
+        s.tokens = chunks;
     }
     Ok(s)
 }
