@@ -479,6 +479,28 @@ enum Frame {
     },
 }
 
+impl Frame {
+    /// A frame between tokens (a value expected, an object or array)
+    /// after one more whitespace byte: Some(None) past [`MAX_WS`] in a
+    /// row; None for a frame inside a token (whitespace is its content
+    /// or ends it).
+    fn more_ws(self) -> Option<Option<Frame>> {
+        let ws = match self {
+            Frame::Value { ws, .. } | Frame::Object { ws, .. } | Frame::Array { ws, .. } => ws,
+            _ => return None,
+        };
+        if ws >= MAX_WS {
+            return Some(None);
+        }
+        let mut f = self;
+        if let Frame::Value { ws, .. } | Frame::Object { ws, .. } | Frame::Array { ws, .. } = &mut f
+        {
+            *ws += 1;
+        }
+        Some(Some(f))
+    }
+}
+
 /// What a frame did with a byte.
 enum Step {
     /// Took it.
@@ -608,15 +630,18 @@ impl JsonState {
 
     fn step(&mut self, top: Frame, b: u8) -> Step {
         let n = self.stack.len() - 1;
-        match top {
-            Frame::Value { node, ws } => {
-                if is_ws(b) {
-                    if ws >= MAX_WS {
-                        return Step::Reject;
-                    }
-                    self.stack[n] = Frame::Value { node, ws: ws + 1 };
+        if is_ws(b) {
+            match top.more_ws() {
+                Some(Some(f)) => {
+                    self.stack[n] = f;
                     return Step::Took;
                 }
+                Some(None) => return Step::Reject,
+                None => {}
+            }
+        }
+        match top {
+            Frame::Value { node, .. } => {
                 match self.start(node, b) {
                     // An opening bracket or quote is taken by starting;
                     // a literal or a number reads its first byte.
@@ -734,14 +759,11 @@ impl JsonState {
                 seen,
                 last,
                 stage,
-                ws,
-            } => self.object_byte(n, node, seen, last, stage, ws, b),
+                ..
+            } => self.object_byte(n, node, seen, last, stage, b),
             Frame::Array {
-                node,
-                count,
-                stage,
-                ws,
-            } => self.array_byte(n, node, count, stage, ws, b),
+                node, count, stage, ..
+            } => self.array_byte(n, node, count, stage, b),
         }
     }
 
@@ -799,7 +821,6 @@ impl JsonState {
         seen: u128,
         last: u32,
         stage: Stage,
-        ws: u8,
         b: u8,
     ) -> Step {
         let set = |s: &mut Self, stage: Stage, ws: u8| {
@@ -811,13 +832,6 @@ impl JsonState {
                 ws,
             }
         };
-        if is_ws(b) {
-            if ws >= MAX_WS {
-                return Step::Reject;
-            }
-            set(self, stage, ws + 1);
-            return Step::Took;
-        }
         let schema = self.schema.clone();
         let (free, props, required): (bool, &Props, &[bool]) = match schema.node(node) {
             Node::Object { props, required } => (false, props, required),
@@ -857,15 +871,7 @@ impl JsonState {
         }
     }
 
-    fn array_byte(
-        &mut self,
-        n: usize,
-        node: NodeId,
-        count: u32,
-        stage: Stage,
-        ws: u8,
-        b: u8,
-    ) -> Step {
+    fn array_byte(&mut self, n: usize, node: NodeId, count: u32, stage: Stage, b: u8) -> Step {
         let Node::Array { items, min, max } = *self.schema.node(node) else {
             return Step::Reject;
         };
@@ -877,13 +883,6 @@ impl JsonState {
                 ws,
             }
         };
-        if is_ws(b) {
-            if ws >= MAX_WS {
-                return Step::Reject;
-            }
-            set(self, stage, ws + 1);
-            return Step::Took;
-        }
         match (stage, b) {
             (Stage::Open | Stage::AfterValue, b']') if count >= min => Step::TookAndDone,
             (Stage::AfterValue, b',') if count < max => {
