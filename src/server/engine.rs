@@ -548,12 +548,12 @@ impl<'m> Worker<'m> {
         self.active.retain(|a| {
             let gone = a.job.events.is_closed();
             if gone || cancelling {
+                metrics.release_slot(a.slot);
                 if gone {
                     metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let _ = a.job.events.send(a.done(FinishReason::Cancelled));
                 }
-                metrics.release_slot(a.slot);
                 free.push(a.slot);
                 return false;
             }
@@ -741,10 +741,17 @@ impl<'m> Worker<'m> {
     /// its end, and frees its slot.
     fn finish(&mut self, mut a: Active, finish: FinishReason) {
         // (before the client hears of the end, so that what it then
-        // reads from /metrics already counts the slot free)
+        // reads from /metrics and /slots already counts the slot free)
         self.metrics
             .active_slots
             .store(self.active.len(), Ordering::Relaxed);
+        let (decoded, pos) = (a.generated, self.sess.slot_pos(a.slot));
+        self.metrics.update_slot(a.slot, |s| {
+            s.n_decoded = decoded;
+            s.n_past = pos;
+        });
+        self.metrics.release_slot(a.slot);
+        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
         if finish != FinishReason::Stop || !a.stop.stopped {
             let tail = a.decoder.finish();
             let (mut text, _) = a.stop.push(&tail);
@@ -756,7 +763,6 @@ impl<'m> Worker<'m> {
             }
         }
         let _ = a.job.events.send(a.done(finish));
-        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             id = a.job.id,
             prompt_tokens = a.job.prompt.len(),
@@ -764,12 +770,6 @@ impl<'m> Worker<'m> {
             finish = finish.as_str(),
             "request done"
         );
-        let (decoded, pos) = (a.generated, self.sess.slot_pos(a.slot));
-        self.metrics.update_slot(a.slot, |s| {
-            s.n_decoded = decoded;
-            s.n_past = pos;
-        });
-        self.metrics.release_slot(a.slot);
         self.free.push(a.slot);
     }
 }
