@@ -1,8 +1,13 @@
 //! `bitnet serve`: an OpenAI-compatible HTTP server (axum on tokio) in
 //! front of the batching [`engine`]. Endpoints: `POST /v1/chat/completions`
 //! and `POST /v1/completions` (streamed as server-sent events ending in
-//! `data: [DONE]`, or whole), `GET /v1/models`, `GET /health`, and
-//! `GET /metrics` (Prometheus text).
+//! `data: [DONE]`, or whole; with log-probabilities ([`logprobs`]),
+//! structured output ([`crate::json_schema`]) and prompt prefix reuse),
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text), and
+//! llama-server's `/tokenize`, `/detokenize`, `/props`, `/slots`, with
+//! vLLM's `/tokenizer_info`. The server listens before the model loads
+//! ([`serve_loading`]); until then every endpoint answers 503 "Loading
+//! model".
 //!
 //! Requests are tokenized and checked in the handler; a bad one gets a 400
 //! with OpenAI's error body, a full queue a 503 with `Retry-After`, a
