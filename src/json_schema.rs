@@ -909,10 +909,20 @@ fn number_start(integer: bool) -> Frame {
 }
 
 /// A string's next byte: None rejects it; Some(None) is the closing quote;
-/// Some(Some(state)) goes on.
+/// Some(Some(state)) goes on. The text stays valid UTF-8 (no overlong
+/// forms, surrogates or code points past U+10FFFF: `utf8` is the
+/// continuation bytes left, or 4-7 for a first one of a narrower range)
+/// and a `\u` escape names no surrogate (`esc` 6: after `\uD`), so that
+/// every string parses.
 fn string_byte(esc: u8, utf8: u8, b: u8) -> Option<Option<(u8, u8)>> {
-    if utf8 > 0 {
-        return (b & 0xC0 == 0x80).then_some(Some((0, utf8 - 1)));
+    let cont = |lo: u8, hi: u8, left: u8| (lo..=hi).contains(&b).then_some(Some((0, left)));
+    match utf8 {
+        1..=3 => return cont(0x80, 0xBF, utf8 - 1),
+        4 => return cont(0xA0, 0xBF, 1),
+        5 => return cont(0x80, 0x9F, 1),
+        6 => return cont(0x90, 0xBF, 2),
+        7 => return cont(0x80, 0x8F, 2),
+        _ => {}
     }
     match esc {
         1 => match b {
@@ -920,6 +930,9 @@ fn string_byte(esc: u8, utf8: u8, b: u8) -> Option<Option<(u8, u8)>> {
             b'u' => Some(Some((5, 0))),
             _ => None,
         },
+        // The first hex digit: D begins the surrogates' range.
+        5 if matches!(b, b'd' | b'D') => Some(Some((6, 0))),
+        6 => matches!(b, b'0'..=b'7').then_some(Some((3, 0))),
         2..=5 => b
             .is_ascii_hexdigit()
             .then_some(Some((if esc == 2 { 0 } else { esc - 1 }, 0))),
@@ -929,8 +942,12 @@ fn string_byte(esc: u8, utf8: u8, b: u8) -> Option<Option<(u8, u8)>> {
             0..=0x1F | 0x7F => None,
             0x20..=0x7E => Some(Some((0, 0))),
             0xC2..=0xDF => Some(Some((0, 1))),
-            0xE0..=0xEF => Some(Some((0, 2))),
-            0xF0..=0xF4 => Some(Some((0, 3))),
+            0xE0 => Some(Some((0, 4))),
+            0xED => Some(Some((0, 5))),
+            0xE1..=0xEF => Some(Some((0, 2))),
+            0xF0 => Some(Some((0, 6))),
+            0xF1..=0xF3 => Some(Some((0, 3))),
+            0xF4 => Some(Some((0, 7))),
             _ => None,
         },
     }
@@ -1076,6 +1093,34 @@ mod tests {
             "\"s\"",
         ] {
             assert!(!accepts(&s, bad), "{bad}");
+        }
+    }
+
+    /// Strings stay valid UTF-8 and free of lone surrogate escapes, byte by
+    /// byte, so that every one parses.
+    #[test]
+    fn strings_that_parse() {
+        let s = Arc::new(compile(json!({"type": "string"})));
+        let bytes_ok = |b: &[u8]| {
+            let mut st = JsonState::new(s.clone());
+            st.feed_all(b) && st.can_end()
+        };
+        for ok in ["\"\\u00e9\\uD7FF\\uE000\"", "\"é漢🎉\u{10FFFF}\""] {
+            assert!(bytes_ok(ok.as_bytes()), "{ok}");
+            serde_json::from_str::<Value>(ok).unwrap();
+        }
+        for bad in [
+            &b"\"\\ud800\""[..],
+            b"\"\\uDFFF\"",
+            b"\"\xC0\xAF\"",         // overlong
+            b"\"\xE0\x80\xAF\"",     // overlong
+            b"\"\xED\xA0\x80\"",     // a surrogate
+            b"\"\xF4\x90\x80\x80\"", // past U+10FFFF
+            b"\"\xF0\x80\x80\x80\"", // overlong
+            b"\"\x80\"",
+        ] {
+            assert!(!bytes_ok(bad), "{bad:?}");
+            assert!(serde_json::from_slice::<Value>(bad).is_err(), "{bad:?}");
         }
     }
 
