@@ -457,11 +457,10 @@ enum Frame {
         esc: u8,
         utf8: u8,
     },
-    /// A key among the properties `from..` of object `node` still alive
-    /// (bit i: property from + i), `pos + 1` bytes of its JSON text read.
+    /// A key among the properties of object `node` still alive (bit i:
+    /// property i), `pos + 1` bytes of its JSON text read.
     Key {
         node: NodeId,
-        from: u32,
         alive: u128,
         pos: u16,
     },
@@ -608,8 +607,8 @@ impl JsonState {
                 *ws = 0;
                 *stage = match (*stage, done) {
                     // A key: which property it was.
-                    (Stage::Open | Stage::Comma, Some(Frame::Key { from, alive, .. })) => {
-                        *last = from + alive.trailing_zeros();
+                    (Stage::Open | Stage::Comma, Some(Frame::Key { alive, .. })) => {
+                        *last = alive.trailing_zeros();
                         *seen |= 1 << *last;
                         Stage::Key
                     }
@@ -664,23 +663,16 @@ impl JsonState {
                 }
                 None => Step::Reject,
             },
-            Frame::Key {
-                node,
-                from,
-                alive,
-                pos,
-            } => {
+            Frame::Key { node, alive, pos } => {
                 let Node::Object { props, .. } = self.schema.node(node) else {
                     return Step::Reject;
                 };
-                let key = |i: usize| &props[from as usize + i].0;
                 let pos = pos + 1;
-                let mut next = 0u128;
-                let mut complete = None;
-                for i in 0..128usize {
-                    if alive >> i & 1 == 1 && key(i).get(pos as usize) == Some(&b) {
+                let (mut next, mut complete) = (0u128, None);
+                for (i, (key, _)) in props.iter().enumerate() {
+                    if alive >> i & 1 == 1 && key.get(pos as usize) == Some(&b) {
                         next |= 1 << i;
-                        if key(i).len() == pos as usize + 1 {
+                        if key.len() == pos as usize + 1 {
                             complete = Some(i);
                         }
                     }
@@ -690,22 +682,13 @@ impl JsonState {
                 }
                 // (keys are JSON texts with their quotes: a complete one is
                 // no prefix of another)
-                if let Some(i) = complete {
-                    self.stack[n] = Frame::Key {
-                        node,
-                        from,
-                        alive: 1 << i,
-                        pos,
-                    };
-                    return Step::TookAndDone;
+                let alive = complete.map_or(next, |i| 1 << i);
+                self.stack[n] = Frame::Key { node, alive, pos };
+                if complete.is_some() {
+                    Step::TookAndDone
+                } else {
+                    Step::Took
                 }
-                self.stack[n] = Frame::Key {
-                    node,
-                    from,
-                    alive: next,
-                    pos,
-                };
-                Step::Took
             }
             Frame::Lit { node, alive, pos } => {
                 let lits = self.literals(node);
@@ -823,16 +806,16 @@ impl JsonState {
         stage: Stage,
         b: u8,
     ) -> Step {
-        let set = |s: &mut Self, stage: Stage, ws: u8| {
-            s.stack[n] = Frame::Object {
+        let set = |stack: &mut Vec<Frame>, stage: Stage| {
+            stack[n] = Frame::Object {
                 node,
                 seen,
                 last,
                 stage,
-                ws,
+                ws: 0,
             }
         };
-        let schema = self.schema.clone();
+        let schema = &*self.schema;
         let (free, props, required): (bool, &Props, &[bool]) = match schema.node(node) {
             Node::Object { props, required } => (false, props, required),
             _ => (true, &[], &[]),
@@ -851,7 +834,6 @@ impl JsonState {
             (Stage::Open | Stage::Comma, b'"') if unseen != 0 => {
                 self.stack.push(Frame::Key {
                     node,
-                    from: 0,
                     alive: unseen,
                     pos: 0,
                 });
@@ -859,12 +841,12 @@ impl JsonState {
             }
             (Stage::Key, b':') => {
                 let value = if free { ANY } else { props[last as usize].1 };
-                set(self, Stage::Value, 0);
+                set(&mut self.stack, Stage::Value);
                 self.stack.push(Frame::Value { node: value, ws: 0 });
                 Step::Took
             }
             (Stage::AfterValue, b',') if free || unseen != 0 => {
-                set(self, Stage::Comma, 0);
+                set(&mut self.stack, Stage::Comma);
                 Step::Took
             }
             _ => Step::Reject,
@@ -875,22 +857,22 @@ impl JsonState {
         let Node::Array { items, min, max } = *self.schema.node(node) else {
             return Step::Reject;
         };
-        let set = |s: &mut Self, stage: Stage, ws: u8| {
-            s.stack[n] = Frame::Array {
+        let set = |stack: &mut Vec<Frame>, stage: Stage| {
+            stack[n] = Frame::Array {
                 node,
                 count,
                 stage,
-                ws,
+                ws: 0,
             }
         };
         match (stage, b) {
             (Stage::Open | Stage::AfterValue, b']') if count >= min => Step::TookAndDone,
             (Stage::AfterValue, b',') if count < max => {
-                set(self, Stage::Comma, 0);
+                set(&mut self.stack, Stage::Comma);
                 Step::Took
             }
             (Stage::Open | Stage::Comma, _) if count < max => {
-                set(self, Stage::Value, 0);
+                set(&mut self.stack, Stage::Value);
                 let v = Frame::Value { node: items, ws: 0 };
                 self.stack.push(v);
                 self.step(v, b)

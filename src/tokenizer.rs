@@ -313,6 +313,14 @@ impl Tokenizer {
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(|s| s.as_str())
     }
+    /// The BOS token's text, if the vocabulary has one.
+    pub fn bos_text(&self) -> Option<&str> {
+        self.bos.and_then(|t| self.token_text(t))
+    }
+    /// The EOS token's text, if the vocabulary has one.
+    pub fn eos_text(&self) -> Option<&str> {
+        self.eos.and_then(|t| self.token_text(t))
+    }
     /// Whether the vocabulary is SentencePiece (else byte-level BPE).
     pub fn is_sentencepiece(&self) -> bool {
         matches!(self.algorithm, Algorithm::Spm(_))

@@ -116,18 +116,7 @@ pub fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<()> {
-    let mut ready = Some(ready);
-    run(
-        move || Ok(model),
-        cfg,
-        shutdown,
-        |_| {},
-        move |addr| {
-            if let Some(r) = ready.take() {
-                r(addr)
-            }
-        },
-    )
+    run(move || Ok(model), cfg, shutdown, |_| {}, ready)
 }
 
 /// Listens first, then loads the model with `load` while `/health` answers
@@ -409,8 +398,8 @@ async fn props(State(st): State<Arc<AppState>>) -> Response {
         "total_slots": st.cfg.parallel,
         "model_path": st.cfg.model_path,
         "chat_template": st.model.chat_template.as_deref().unwrap_or(""),
-        "bos_token": st.model.tokenizer.bos.and_then(|t| st.model.tokenizer.token_text(t)),
-        "eos_token": st.model.tokenizer.eos.and_then(|t| st.model.tokenizer.token_text(t)),
+        "bos_token": st.model.tokenizer.bos_text(),
+        "eos_token": st.model.tokenizer.eos_text(),
         "n_ctx_train": st.model.config.ctx_len,
         "build_info": concat!("bitnet-stfma ", env!("CARGO_PKG_VERSION")),
         "modalities": {"vision": false, "audio": false},
@@ -488,9 +477,9 @@ async fn detokenize(
 async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Response {
     let tok = &st.model.tokenizer;
     Json(TokenizerInfo {
-        bos_token: tok.bos.and_then(|t| tok.token_text(t)),
+        bos_token: tok.bos_text(),
         chat_template: st.model.chat_template.as_deref(),
-        eos_token: tok.eos.and_then(|t| tok.token_text(t)),
+        eos_token: tok.eos_text(),
         model_max_length: st.slot_ctx,
         tokenizer_class: "bitnet",
     })
@@ -567,8 +556,7 @@ async fn chat_completions(
             };
             msgs.push(Message::new(role, &m.text()?));
         }
-        let tok = &st.model.tokenizer;
-        let eos = tok.eos.and_then(|e| tok.token_text(e)).unwrap_or("");
+        let eos = st.model.tokenizer.eos_text().unwrap_or("");
         Ok(Ask {
             kind: Kind::Chat,
             prompts: vec![Prompt::Text(st.format.render(&msgs, eos))],

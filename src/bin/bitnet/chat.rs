@@ -85,7 +85,7 @@ fn chat_turn(
     outln!()?;
     // Close the assistant's turn in the cache, as the model would have.
     let tok = &sess.model.tokenizer;
-    let eos = tok.eos.and_then(|e| tok.token_text(e)).unwrap_or("");
+    let eos = tok.eos_text().unwrap_or("");
     let eot = tok.encode(&fmt.end_of_turn(eos), false, true);
     if sess.pos() + eot.len() <= sess.ctx() {
         sess.forward(&eot).map_err(|e| e.to_string())?;
