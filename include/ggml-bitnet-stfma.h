@@ -62,6 +62,19 @@
 // changes incompatibly.
 #define GGML_BITNET_STFMA_ABI_VERSION 1
 
+// `ggml_bitnet_stfma_cache_tensor_ex` flag: repack inside the caller's
+// buffer when it is private writable memory and the shape allows it (rows a
+// multiple of 4, columns of 128), keeping no second copy. The buffer then
+// holds the tile layout, no longer I2_S.
+#define GGML_BITNET_STFMA_IN_PLACE 1
+
+// `ggml_bitnet_stfma_cache_tensor_ex` flag: when a copy is made and the
+// source lies in a read-only file mapping (a model file mapped with mmap),
+// drop the source's whole pages from the process's resident set (Linux
+// `madvise(MADV_DONTNEED)`): they stay correct and are read back from the
+// file if touched again, but no longer count twice.
+#define GGML_BITNET_STFMA_RELEASE_SOURCE 2
+
 // Opaque cache entry; only ever seen through a handle.
 typedef struct ggml_bitnet_stfma_cache_entry ggml_bitnet_stfma_cache_entry;
 
@@ -224,6 +237,29 @@ int ggml_bitnet_stfma_tensor_dot(ggml_bitnet_stfma_cache_handle h, int64_t first
 // `(dot - act_sum) / act_scale * scale`, exactly as bitnet.cpp. Runs on
 // `n_threads` threads (<= 0: all cores). Returns 0 or an error code.
 int ggml_bitnet_stfma_matmul(ggml_bitnet_stfma_cache_handle h, const float *x, int64_t n_cols_x, float *y, int n_threads);
+
+// `ggml_bitnet_stfma_cache_tensor` with a choice of where the repacked
+// bytes live (`flags`: `GGML_BITNET_STFMA_IN_PLACE`,
+// `GGML_BITNET_STFMA_RELEASE_SOURCE`, or 0 for a plain copy). `data` holds
+// the tensor as stored in a GGUF file (`rows*cols/4` bytes of codes, then
+// the f32 scale; `data_size` at least `rows*cols/4 + 4`). If `in_place` is
+// not NULL it receives 1 when the tensor was repacked in place, else 0. An
+// entry made in place reads `data`, which must stay allocated and unchanged
+// until the entry is freed; freeing it leaves the repacked bytes there.
+// Returns NULL (last error set) on bad arguments.
+ggml_bitnet_stfma_cache_handle ggml_bitnet_stfma_cache_tensor_ex(void *data, size_t data_size, int64_t rows, int64_t cols, int flags, int *in_place);
+
+// Finished outputs of rows `first_row .. first_row + nrows` of a cached
+// tensor for `ncols` activation columns quantized by the caller
+// (`ggml_bitnet_stfma_quantize_activations`), computed on the calling
+// thread: column `c` is `q[c]` (as many int8 as the tensor has columns)
+// with `act_scales[c]` and `act_sums[c]`; output (row `r`, column `c`) is
+// written to `y[c*ldy + r - first_row]` as
+// `(dot - act_sum) / act_scale * scale`, the same value as
+// `ggml_bitnet_stfma_matmul`. `first_row` must be a multiple of 4 and
+// `ldy >= nrows`. Other threads may compute other rows of the same `y` at
+// the same time. Returns 0 or an error code.
+int ggml_bitnet_stfma_tensor_gemm(ggml_bitnet_stfma_cache_handle h, int64_t first_row, int64_t nrows, int64_t ncols, const int8_t *const *q, const float *act_scales, const int32_t *act_sums, float *y, int64_t ldy);
 
 #ifdef __cplusplus
 }  // extern "C"

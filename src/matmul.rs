@@ -81,6 +81,50 @@ impl ActBatch {
     }
 }
 
+/// Quantized activation columns as the tile loop reads them: an [`ActBatch`],
+/// or columns somewhere else ([`ActCols`]).
+pub trait Columns: Sync {
+    /// Number of columns.
+    fn count(&self) -> usize;
+    /// Column `c`: its int8 values (as many as the matrix has columns) and
+    /// its quantization.
+    fn col(&self, c: usize) -> (&[i8], ActQuant);
+}
+
+impl Columns for ActBatch {
+    fn count(&self) -> usize {
+        self.cols()
+    }
+    fn col(&self, c: usize) -> (&[i8], ActQuant) {
+        ActBatch::col(self, c)
+    }
+}
+
+/// Quantized columns held by the caller (such as a linked ggml's work
+/// buffer): one slice and one quantization per column.
+pub struct ActCols<'a> {
+    pub q: &'a [&'a [i8]],
+    pub quant: &'a [ActQuant],
+}
+
+impl Columns for ActCols<'_> {
+    fn count(&self) -> usize {
+        self.q.len().min(self.quant.len())
+    }
+    fn col(&self, c: usize) -> (&[i8], ActQuant) {
+        (self.q[c], self.quant[c])
+    }
+}
+
+/// Where finished outputs go: element (row `r`, column `c`) at
+/// `c * ld + r - row0` of a buffer that other threads may be writing
+/// elsewhere.
+struct Out {
+    buf: DisjointMut<f32>,
+    ld: usize,
+    row0: usize,
+}
+
 /// Zeroed aligned room for activations (out of memory is as fatal here as
 /// for any `Vec`).
 fn aligned(len: usize) -> AlignedBytes {
@@ -128,7 +172,7 @@ pub fn matmul_many_with(
     let cols = acts.cols();
     // Per matrix: rows per task and the first task index.
     let mut plan = [(0usize, 0usize); 5];
-    let mut outs: [Option<DisjointMut<f32>>; 4] = [None, None, None, None];
+    let mut outs: [Option<Out>; 4] = [None, None, None, None];
     let mut total = 0;
     for (i, (w, out)) in jobs.iter_mut().enumerate() {
         let rows = w.rows();
@@ -140,7 +184,11 @@ pub fn matmul_many_with(
             .max(ROWS_PER_BLOCK.min(rows.next_multiple_of(TILE_ROWS)));
         plan[i] = (per_task, total);
         total += rows.div_ceil(per_task);
-        outs[i] = Some(DisjointMut::new(out));
+        outs[i] = Some(Out {
+            buf: DisjointMut::new(out),
+            ld: rows,
+            row0: 0,
+        });
     }
     plan[jobs.len()] = (0, total);
     let mats: [Option<&PackedMatrix>; 4] = std::array::from_fn(|i| jobs.get(i).map(|j| j.0));
@@ -165,17 +213,46 @@ pub fn matmul_many_with(
     });
 }
 
-/// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`], `r0` on a tile boundary) for
-/// every column, eight columns at a time where there are eight.
-fn block(
+/// Rows `rows` of `w` for every column of `acts`, finished, on the calling
+/// thread: (row `r`, column `c`) goes to `out[c * ld + r - rows.start]`.
+/// `rows.start` must be on a tile boundary ([`TILE_ROWS`]) unless the
+/// matrix is stored without tiles.
+///
+/// # Safety
+/// `out` is valid for writes at every such index, and no other thread
+/// reads or writes those elements meanwhile (other elements between them
+/// may be written by others).
+pub unsafe fn rows_into(
     k: Kernel,
     w: &PackedMatrix,
-    acts: &ActBatch,
-    r0: usize,
-    r1: usize,
-    out: &DisjointMut<f32>,
+    acts: &impl Columns,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    ld: usize,
 ) {
-    let cols = acts.cols();
+    assert!(rows.end <= w.rows() && ld >= rows.len());
+    assert!(
+        w.tile_rows() != TILE_ROWS || rows.start.is_multiple_of(TILE_ROWS),
+        "first row {} is not on a tile boundary",
+        rows.start
+    );
+    let out = Out {
+        buf: DisjointMut::from_raw(out),
+        ld,
+        row0: rows.start,
+    };
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + ROWS_PER_BLOCK).min(rows.end);
+        block(k, w, acts, r0, r1, &out);
+        r0 = r1;
+    }
+}
+
+/// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`], `r0` on a tile boundary) for
+/// every column, eight columns at a time where there are eight.
+fn block(k: Kernel, w: &PackedMatrix, acts: &impl Columns, r0: usize, r1: usize, out: &Out) {
+    let cols = acts.count();
     let mut c = 0;
     while c < cols {
         c += match cols - c {
@@ -192,11 +269,11 @@ fn block(
 fn columns<const N: usize>(
     k: Kernel,
     w: &PackedMatrix,
-    acts: &ActBatch,
+    acts: &impl Columns,
     c: usize,
     r0: usize,
     r1: usize,
-    out: &DisjointMut<f32>,
+    out: &Out,
 ) -> usize {
     let mut dots = [[0i32; ROWS_PER_BLOCK]; N];
     let y: [&[i8]; N] = std::array::from_fn(|j| acts.col(c + j).0);
@@ -220,8 +297,8 @@ fn columns<const N: usize>(
     for (j, dj) in dots.iter().enumerate() {
         let q = acts.col(c + j).1;
         // SAFETY: each task writes only its own rows of each column,
-        // disjoint from every other task; `out` outlives the pool run.
-        let o = unsafe { out.part((c + j) * w.rows() + r0, r1 - r0) };
+        // disjoint from every other task; `out` outlives the run.
+        let o = unsafe { out.buf.part((c + j) * out.ld + r0 - out.row0, r1 - r0) };
         finish_into(&dj[..r1 - r0], q, w.scale(), o);
     }
     N

@@ -74,7 +74,35 @@ pub struct PackedMatrix {
     cols: usize,
     tile_rows: usize,
     scale: f32,
-    data: AlignedBytes,
+    data: Storage,
+}
+
+/// Where a [`PackedMatrix`]'s bytes live.
+enum Storage {
+    /// Its own aligned copy.
+    Owned(AlignedBytes),
+    /// The caller's buffer, repacked in place by
+    /// [`PackedMatrix::repack_in_place`].
+    InPlace { ptr: *const u8, len: usize },
+}
+
+// SAFETY: the bytes are never written after construction, and the contract
+// of `repack_in_place` keeps an in-place buffer alive and unchanged for the
+// matrix's lifetime, so sharing or moving it between threads is sharing
+// immutable memory.
+unsafe impl Send for Storage {}
+// SAFETY: as above.
+unsafe impl Sync for Storage {}
+
+impl Storage {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Storage::Owned(b) => b.as_slice(),
+            // SAFETY: by the contract of `repack_in_place`, `ptr` holds `len`
+            // bytes that outlive the matrix and are not written meanwhile.
+            Storage::InPlace { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
 }
 
 impl PackedMatrix {
@@ -165,8 +193,43 @@ impl PackedMatrix {
             cols,
             tile_rows,
             scale,
-            data,
+            data: Storage::Owned(data),
         })
+    }
+
+    /// Repacks a whole I2_S tensor (codes then the f32 scale, as
+    /// [`PackedMatrix::from_i2s_tensor`] reads it) inside its own buffer:
+    /// the first `rows*cols/4` bytes are rewritten in the tile layout, which
+    /// has exactly that size when `rows` is a multiple of [`TILE_ROWS`] and
+    /// `cols` of 128 (any other shape is an error and leaves `tensor` as it
+    /// was). The returned matrix reads `tensor`, so no second copy of the
+    /// weights is kept; afterwards the bytes are no longer I2_S.
+    ///
+    /// # Safety
+    /// `tensor` must outlive the returned matrix and must not be written
+    /// while the matrix lives.
+    pub unsafe fn repack_in_place(tensor: &mut [u8], rows: usize, cols: usize) -> Result<Self> {
+        if !rows.is_multiple_of(TILE_ROWS) || !cols.is_multiple_of(QK_I2_S) {
+            return Err(Error::invalid(format!(
+                "a {rows}x{cols} tensor cannot be repacked in place (rows must be a multiple of {TILE_ROWS}, columns of {QK_I2_S})"
+            )));
+        }
+        let tmp = Self::from_i2s_tensor(tensor, rows, cols)?;
+        let len = tmp.bytes().len();
+        debug_assert_eq!(len, rows * cols / 4);
+        tensor[..len].copy_from_slice(tmp.bytes());
+        Ok(PackedMatrix {
+            data: Storage::InPlace {
+                ptr: tensor.as_ptr(),
+                len,
+            },
+            ..tmp
+        })
+    }
+
+    /// Whether the bytes are the caller's buffer, repacked in place.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.data, Storage::InPlace { .. })
     }
 
     pub fn rows(&self) -> usize {

@@ -266,6 +266,12 @@ impl<T> DisjointMut<T> {
         DisjointMut(buf.as_mut_ptr())
     }
 
+    /// A buffer given by its address (the contract of [`DisjointMut::part`]
+    /// applies to it as to a slice).
+    pub fn from_raw(ptr: *mut T) -> Self {
+        DisjointMut(ptr)
+    }
+
     /// Elements `start..start + len` of the buffer.
     ///
     /// # Safety

@@ -68,7 +68,11 @@ mod control;
 // Beyond the RFC: activation quantization, cached tensors and the matmul.
 mod tensor;
 
+// For a linked ggml's matmul hooks: tensors cached in place, the tile GEMM.
+mod linked;
+
 pub use control::*;
+pub use linked::*;
 pub use rfc_cache::*;
 pub use rfc_dot::*;
 pub use tensor::*;

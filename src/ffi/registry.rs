@@ -110,14 +110,17 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores a packed matrix and returns its id (never 0).
+    /// Stores a packed matrix and returns its id (never 0). `source_addr` 0:
+    /// not findable by a source address.
     pub fn insert(&self, matrix: PackedMatrix, source_addr: usize) -> u64 {
         let id = self.next_id.fetch_add(16, Ordering::Relaxed) | 0xA;
         let mut g = self.lock();
         g.stats.entries += 1;
         g.stats.cached_bytes += matrix.bytes().len();
         g.stats.source_bytes += matrix.source_bytes();
-        g.by_source.insert(source_addr, id);
+        if source_addr != 0 {
+            g.by_source.insert(source_addr, id);
+        }
         g.entries.insert(
             id,
             Arc::new(Entry {
