@@ -103,6 +103,9 @@ int main(void) {
         for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) check_matmul(&w, codes, cols[i], nth, "in place");
     }
     CHECK(standin_hooked_mul_mats == 18, "hooked matmuls: %d, want 18", standin_hooked_mul_mats);
+    /* The hooks quantize with the fork's quantize_row_i8_s: one call per column. */
+    CHECK(standin_quantize_calls == 3 * (1 + 3 + 8 + 45 + 300 + 700), "quantize_row_i8_s calls: %ld",
+          standin_quantize_calls);
 
     /* A read-only file mapping (llama.cpp's default mmap): copied. */
     char path[] = "/tmp/bitnet-stfma-tl2-XXXXXX";

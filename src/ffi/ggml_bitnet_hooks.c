@@ -15,7 +15,8 @@
  * An I2_S tensor is cached once at load in the library's tile layout, in
  * place where its buffer is private writable memory (llama.cpp --no-mmap),
  * else as a copy whose mmap'd source pages are released; the preprocessor
- * quantizes the activations into ggml's work buffer; each qgemm call is a
+ * quantizes the activations into ggml's work buffer (with the fork's own
+ * quantize_row_i8_s where it has one); each qgemm call is a
  * finished tile GEMM of one row tile for one column batch. Results are the
  * library's exact integer sums finished as bitnet.cpp finishes them.
  *
@@ -88,6 +89,28 @@ static int transform_mode(void) {
     }
     fprintf(stderr, "bitnet-stfma: BITNET_STFMA_TRANSFORM=%s is not auto, copy or off; using auto\n", v);
     return 2;
+}
+
+/* The fork's own activation quantizer (ggml-quants.c), when it has one: the
+ * preprocessor calls it so that every quantized activation is the one the
+ * fork's I2_S path makes. That matters: compiled with FMA contraction (the
+ * default for GCC with -march=native), its round-to-nearest of x * scale is
+ * one fused operation and, on rare ties, one step off the exactly rounded
+ * value this library computes. */
+#if defined(__GNUC__)
+extern void quantize_row_i8_s(const float *x, void *y, int64_t n, float *act_scales, int32_t *act_sums)
+    __attribute__((weak));
+#define STFMA_FORK_QUANTIZER quantize_row_i8_s
+#else
+#define STFMA_FORK_QUANTIZER NULL
+#endif
+
+static void quantize_column(const float *x, int64_t k, int8_t *q, float *scale, int32_t *sum) {
+    if (STFMA_FORK_QUANTIZER != NULL) {
+        STFMA_FORK_QUANTIZER(x, q, k, scale, sum);
+    } else if (ggml_bitnet_stfma_quantize_activations(x, k, q, scale, sum) != 0) {
+        fail("quantizing activations", NULL);
+    }
 }
 
 void ggml_bitnet_init(void) {}
@@ -164,7 +187,7 @@ void ggml_bitnet_transform_tensor(struct ggml_tensor *tensor) {
     l->extra.lut_scales_size = 0;
     l->extra.BK = (int)cols; /* so that ggml.c's three_k is the whole row and two_k is 0 */
     l->extra.n_tile_num = (int)(rows / tile_rows);
-    l->extra.qweights = (uint8_t *)ggml_bitnet_stfma_get_cached_weights(h);
+    l->extra.qweights = (uint8_t *)(uintptr_t)ggml_bitnet_stfma_get_cached_weights(h);
     l->extra.scales = (bitnet_float_type *)(void *)l;
     l->next = g_all;
     g_all = l;
@@ -229,10 +252,7 @@ void ggml_preprocessor(int bs, int m, int three_k, int two_k, void *B, void *LUT
         uint8_t *r = base + (size_t)c * rec;
         float scale;
         int32_t sum;
-        if (ggml_bitnet_stfma_quantize_activations((const float *)B + (size_t)c * k, k, (int8_t *)(r + 64), &scale,
-                                                   &sum) != 0) {
-            fail("quantizing activations", NULL);
-        }
+        quantize_column((const float *)B + (size_t)c * k, k, (int8_t *)(r + 64), &scale, &sum);
         memcpy(r, &scale, sizeof scale);
         memcpy(r + 4, &sum, sizeof sum);
         /* Column c's LUT-scale slot holds how far back, in 4-byte units, its

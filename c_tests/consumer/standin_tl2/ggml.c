@@ -17,6 +17,13 @@
 
 int standin_hooked_mul_mats = 0;
 long standin_qgemm_calls = 0;
+long standin_quantize_calls = 0;
+
+/* The fork's activation quantizer, which the hooks use when it exists. */
+void quantize_row_i8_s(const float *x, void *y, int64_t n, float *act_scales, int32_t *act_sums) {
+    __atomic_fetch_add(&standin_quantize_calls, 1, __ATOMIC_RELAXED);
+    ggml_bitnet_stfma_quantize_activations(x, n, (int8_t *)y, act_scales, act_sums);
+}
 
 void ggml_vec_dot_i2_i8_s(int n, float *s, size_t bs, const void *vx, size_t bx, const void *vy, size_t by,
                           int nrc);
@@ -111,8 +118,7 @@ static void plain(const struct job *j) {
     int32_t *sums = (int32_t *)(scales + n);
     if (j->ith == 0) {
         for (int c = 0; c < n; c++) {
-            ggml_bitnet_stfma_quantize_activations((const float *)src1->data + (size_t)c * k, k,
-                                                   q + (size_t)c * k, &scales[c], &sums[c]);
+            quantize_row_i8_s((const float *)src1->data + (size_t)c * k, q + (size_t)c * k, k, &scales[c], &sums[c]);
         }
     }
     pthread_barrier_wait(j->barrier);

@@ -45,6 +45,8 @@ GGML_API void standin_mul_mat(const struct ggml_tensor *src0, const struct ggml_
 /* Matmuls that went through the hooks, and the hook calls seen. */
 GGML_API extern int standin_hooked_mul_mats;
 GGML_API extern long standin_qgemm_calls;
+/* Calls of the stand-in's quantize_row_i8_s (the fork's activation quantizer). */
+GGML_API extern long standin_quantize_calls;
 
 #ifdef __cplusplus
 }
