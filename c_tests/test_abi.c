@@ -302,6 +302,54 @@ static void test_matmul(void) {
             }
         }
     }
+    /* The same tensor repacked in place in a heap copy, and the tile GEMM
+     * over caller-quantized columns in two row blocks (as a linked ggml's
+     * threads split it): the same values. */
+    uint8_t *heap = malloc(sizeof tensor);
+    memcpy(heap, tensor, sizeof tensor);
+    int placed = -1;
+    ggml_bitnet_stfma_cache_handle ip =
+        ggml_bitnet_stfma_cache_tensor_ex(heap, sizeof tensor, ROWS, COLS, GGML_BITNET_STFMA_IN_PLACE, &placed);
+    CHECK(ip != NULL, "cache_tensor_ex: %s", ggml_bitnet_stfma_last_error());
+    /* 70 rows are not a multiple of 4: a copy, the heap bytes untouched */
+    CHECK(placed == 0 && memcmp(heap, tensor, sizeof tensor) == 0, "70 rows repacked in place");
+    static int8_t qs[NC][COLS];
+    const int8_t *cols[NC];
+    float scales[NC];
+    int32_t sums[NC];
+    for (int c = 0; c < NC; c++) {
+        sums[c] = ref_quantize(x + c * COLS, COLS, qs[c], &scales[c]);
+        cols[c] = qs[c];
+    }
+    static float g[NC * ROWS];
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 0, 32, NC, cols, scales, sums, g, ROWS) == 0, "gemm: %s",
+          ggml_bitnet_stfma_last_error());
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 32, ROWS - 32, NC, cols, scales, sums, g + 32, ROWS) == 0, "gemm: %s",
+          ggml_bitnet_stfma_last_error());
+    CHECK(memcmp(g, y, sizeof g) == 0, "tile gemm differs from the matmul");
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 2, 4, NC, cols, scales, sums, g, ROWS) == GGML_BITNET_STFMA_ERR_INVALID,
+          "first row off the tile grid");
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 64, 8, NC, cols, scales, sums, g, ROWS) == GGML_BITNET_STFMA_ERR_INVALID,
+          "rows past the end");
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 0, 8, NC, cols, scales, sums, g, 4) == GGML_BITNET_STFMA_ERR_INVALID,
+          "ldy < nrows");
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 0, 8, NC, NULL, scales, sums, g, ROWS) == GGML_BITNET_STFMA_ERR_NULL,
+          "NULL columns");
+    CHECK(ggml_bitnet_stfma_tensor_gemm(NULL, 0, 8, NC, cols, scales, sums, g, ROWS) == GGML_BITNET_STFMA_ERR_BAD_HANDLE,
+          "NULL handle");
+    ggml_bitnet_stfma_free_cached_weights(ip);
+    /* 68 rows: repacked in place, same results */
+    memcpy(heap + 68 * COLS / 4, &ws, 4);
+    ip = ggml_bitnet_stfma_cache_tensor_ex(heap, 68 * COLS / 4 + 32, 68, COLS, GGML_BITNET_STFMA_IN_PLACE, &placed);
+    CHECK(ip != NULL && placed == 1, "68 rows not repacked in place (%d)", placed);
+    CHECK(ggml_bitnet_stfma_tensor_gemm(ip, 0, 68, NC, cols, scales, sums, g, 68) == 0, "gemm: %s",
+          ggml_bitnet_stfma_last_error());
+    int bad = 0;
+    for (int c = 0; c < NC; c++)
+        for (int r = 0; r < 68; r++) bad += g[c * 68 + r] != y[c * ROWS + r];
+    CHECK(bad == 0, "in place: %d outputs differ", bad);
+    ggml_bitnet_stfma_free_cached_weights(ip);
+    free(heap);
     CHECK(ggml_bitnet_stfma_matmul(NULL, x, NC, y, 1) == GGML_BITNET_STFMA_ERR_BAD_HANDLE, "NULL handle");
     CHECK(ggml_bitnet_stfma_matmul(t, x, 0, y, 1) == GGML_BITNET_STFMA_ERR_INVALID, "zero columns");
     CHECK(ggml_bitnet_stfma_matmul(t, NULL, NC, y, 1) == GGML_BITNET_STFMA_ERR_NULL, "NULL x");
@@ -346,6 +394,10 @@ static void test_abuse(void) {
     CHECK(ggml_bitnet_stfma_cache_tensor(data, sizeof data, -1, 128) == NULL, "negative rows");
     CHECK(ggml_bitnet_stfma_cache_tensor(data, sizeof data, 4, 0) == NULL, "zero cols");
     CHECK(ggml_bitnet_stfma_cache_tensor(NULL, sizeof data, 4, 128) == NULL, "NULL data");
+    CHECK(ggml_bitnet_stfma_cache_tensor_ex(NULL, sizeof data, 4, 128, 0, NULL) == NULL, "NULL data (ex)");
+    CHECK(ggml_bitnet_stfma_cache_tensor_ex(data, sizeof data, 4, 128, 0x40, NULL) == NULL, "unknown flags");
+    CHECK(ggml_bitnet_stfma_cache_tensor_ex(data, 100, 4, 128, GGML_BITNET_STFMA_IN_PLACE, NULL) == NULL,
+          "short data (ex)");
     CHECK(ggml_bitnet_stfma_cache_weights(data, SIZE_MAX & ~(size_t)127) == NULL, "absurd n");
     CHECK(ggml_bitnet_stfma_cache_weights(data, 0) == NULL, "n = 0");
     CHECK(quantize_i2_s(x, data, INT64_MAX, 128, NULL) == 0, "nrow*n_per_row overflow");
