@@ -5,13 +5,12 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
-use super::guard::{code, guard, handle_id, null, slice, to_handle};
+use super::guard::{code, guard, handle_id, null, slice};
 use super::registry::Registry;
 use super::{ggml_bitnet_stfma_cache_handle, GGML_BITNET_STFMA_OK};
 use crate::error::Error;
 use crate::kernels;
 use crate::matmul::{self, ActBatch};
-use crate::packed::PackedMatrix;
 use crate::threadpool::ThreadPool;
 
 /// Quantizes `n` floats to I8_S exactly as bitnet.cpp's `quantize_row_i8_s`:
@@ -58,30 +57,17 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_cache_tensor(
     rows: i64,
     cols: i64,
 ) -> ggml_bitnet_stfma_cache_handle {
-    guard(
-        |_| std::ptr::null_mut(),
-        || {
-            if rows <= 0 || cols <= 0 {
-                return Err(Error::invalid(format!(
-                    "shape {rows}x{cols} must be positive"
-                )));
-            }
-            let (rows, cols) = (rows as usize, cols as usize);
-            let n = rows
-                .checked_mul(cols)
-                .ok_or_else(|| Error::invalid("rows * cols overflows"))?;
-            if data_size < n / 4 + 4 {
-                return Err(Error::invalid(format!(
-                    "data_size {data_size} is below the {} bytes a {rows}x{cols} I2_S tensor needs",
-                    n / 4 + 4
-                )));
-            }
-            // SAFETY: by the caller's contract data holds data_size bytes.
-            let t = unsafe { slice(data as *const u8, data_size, "data")? };
-            let m = PackedMatrix::from_i2s_tensor(t, rows, cols)?;
-            Ok(to_handle(Registry::global().insert(m, data as usize)))
-        },
-    )
+    // SAFETY: the same contract; without flags the bytes are only read.
+    unsafe {
+        super::ggml_bitnet_stfma_cache_tensor_ex(
+            data as *mut c_void,
+            data_size,
+            rows,
+            cols,
+            0,
+            std::ptr::null_mut(),
+        )
+    }
 }
 
 /// Shape and scale of a cached entry (`cache_weights` entries have one row
