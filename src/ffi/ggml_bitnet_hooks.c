@@ -219,7 +219,8 @@ bool ggml_bitnet_can_mul_mat(const struct ggml_tensor *src0, const struct ggml_t
     const bool ok = src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 && src1->ne[0] == k &&
                     src1->ne[2] == 1 && src1->ne[3] == 1 && dst->ne[0] == src0->ne[1] && dst->ne[1] == n &&
                     ggml_is_contiguous(src1) && ggml_is_contiguous(dst) && n >= 1 &&
-                    (size_t)n * column_room(k) / 4 < UINT32_MAX;
+                    /* ggml.c computes the column rooms' offsets in int */
+                    (size_t)n * column_room(k) + (size_t)n * sizeof(float) <= INT32_MAX;
     if (!ok && l->in_place) {
         /* ggml's own path would read the repacked bytes as I2_S. */
         fprintf(stderr, "bitnet-stfma: a matmul of %s (repacked in place) with a %s [%lld x %lld x %lld] operand "
