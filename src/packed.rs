@@ -214,16 +214,34 @@ impl PackedMatrix {
                 "a {rows}x{cols} tensor cannot be repacked in place (rows must be a multiple of {TILE_ROWS}, columns of {QK_I2_S})"
             )));
         }
-        let tmp = Self::from_i2s_tensor(tensor, rows, cols)?;
-        let len = tmp.bytes().len();
-        debug_assert_eq!(len, rows * cols / 4);
-        tensor[..len].copy_from_slice(tmp.bytes());
+        let n = check_shape(rows, cols)?;
+        let scale = i2s::read_scale(tensor, n)?;
+        // A tile's four rows and its interleaved blocks cover the same
+        // bytes, so each tile is rewritten from a copy of its own rows.
+        let (row_bytes, nb) = (cols / 4, cols / QK_I2_S);
+        let mut rows_copy = vec![0u8; TILE_ROWS * row_bytes];
+        for tile in tensor[..n / 4].chunks_exact_mut(TILE_ROWS * row_bytes) {
+            rows_copy.copy_from_slice(tile);
+            for lane in 0..TILE_ROWS {
+                for b in 0..nb {
+                    let (dst, src) = (
+                        (b * TILE_ROWS + lane) * BLOCK_BYTES,
+                        lane * row_bytes + b * BLOCK_BYTES,
+                    );
+                    tile[dst..dst + BLOCK_BYTES]
+                        .copy_from_slice(&rows_copy[src..src + BLOCK_BYTES]);
+                }
+            }
+        }
         Ok(PackedMatrix {
+            rows,
+            cols,
+            tile_rows: TILE_ROWS,
+            scale,
             data: Storage::InPlace {
                 ptr: tensor.as_ptr(),
-                len,
+                len: n / 4,
             },
-            ..tmp
         })
     }
 
@@ -395,6 +413,29 @@ mod tests {
                 assert_eq!(c, i2s::code_at(&raw[(rows - 1) * cols / 4..], e));
             }
         }
+    }
+
+    /// Repacking in place gives the bytes of the aligned copy, and refuses
+    /// (leaving the bytes alone) a shape whose tiles need more room.
+    #[test]
+    fn in_place_repack_equals_the_copy() {
+        let mut rng = Rng::new(31);
+        let (rows, cols) = (12, 384);
+        let mut t = random_matrix(&mut rng, rows, cols);
+        t.extend_from_slice(&0.5f32.to_le_bytes());
+        let copy = PackedMatrix::from_i2s_tensor(&t, rows, cols).unwrap();
+        let mut buf = t.clone();
+        // SAFETY: buf outlives m and is not written while m lives.
+        let m = unsafe { PackedMatrix::repack_in_place(&mut buf, rows, cols) }.unwrap();
+        assert!(m.is_in_place() && !copy.is_in_place());
+        assert_eq!(m.bytes(), copy.bytes());
+        assert_eq!((m.rows(), m.cols(), m.scale()), (rows, cols, 0.5));
+        let mut odd = t[..10 * cols / 4].to_vec();
+        odd.extend_from_slice(&0.5f32.to_le_bytes());
+        let before = odd.clone();
+        // SAFETY: as above.
+        assert!(unsafe { PackedMatrix::repack_in_place(&mut odd, 10, cols) }.is_err());
+        assert_eq!(odd, before);
     }
 
     #[test]
