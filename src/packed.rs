@@ -209,7 +209,7 @@ impl PackedMatrix {
     /// `tensor` must outlive the returned matrix and must not be written
     /// while the matrix lives.
     pub unsafe fn repack_in_place(tensor: &mut [u8], rows: usize, cols: usize) -> Result<Self> {
-        if !rows.is_multiple_of(TILE_ROWS) || !cols.is_multiple_of(QK_I2_S) {
+        if !Self::fits_in_place(rows, cols) {
             return Err(Error::invalid(format!(
                 "a {rows}x{cols} tensor cannot be repacked in place (rows must be a multiple of {TILE_ROWS}, columns of {QK_I2_S})"
             )));
@@ -243,6 +243,12 @@ impl PackedMatrix {
                 len: n / 4,
             },
         })
+    }
+
+    /// Whether a `rows × cols` I2_S tensor's tile layout has exactly its
+    /// bytes, so that [`PackedMatrix::repack_in_place`] can take it.
+    pub fn fits_in_place(rows: usize, cols: usize) -> bool {
+        rows.is_multiple_of(TILE_ROWS) && cols.is_multiple_of(QK_I2_S)
     }
 
     /// Whether the bytes are the caller's buffer, repacked in place.

@@ -85,6 +85,28 @@ pub(super) fn check_n(n: c_int) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// Rows `first_row .. first_row + nrows` of a tensor of `total` rows, or an
+/// error naming what is out of range.
+pub(super) fn row_range(
+    first_row: i64,
+    nrows: i64,
+    total: usize,
+) -> Result<std::ops::Range<usize>> {
+    if nrows <= 0 || first_row < 0 {
+        return Err(Error::invalid(format!(
+            "first_row = {first_row}, nrows = {nrows}"
+        )));
+    }
+    let (r0, nr) = (first_row as u64, nrows as u64);
+    match r0.checked_add(nr) {
+        Some(end) if end <= total as u64 => Ok(r0 as usize..end as usize),
+        _ => Err(Error::invalid(format!(
+            "rows {r0}..{} exceed the tensor's {total}",
+            r0.saturating_add(nr)
+        ))),
+    }
+}
+
 pub(super) fn handle_id(h: ggml_bitnet_stfma_cache_handle) -> Result<u64> {
     if h.is_null() {
         return Err(Error::new(ErrorKind::BadHandle, "cache handle is NULL"));

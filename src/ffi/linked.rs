@@ -5,7 +5,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::guard::{code, guard, handle_id, null, to_handle};
+use super::guard::{code, guard, handle_id, null, row_range, to_handle};
 use super::registry::Registry;
 use super::{ggml_bitnet_stfma_cache_handle, GGML_BITNET_STFMA_OK};
 use crate::error::Error;
@@ -73,10 +73,16 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_cache_tensor_ex(
                 )));
             }
             let addr = data as usize;
+            // What kind of memory holds the tensor: read once, only when a
+            // flag needs it.
+            let region = if flags != 0 {
+                pages::Region::of(addr, data_size)
+            } else {
+                None
+            };
             if flags & GGML_BITNET_STFMA_IN_PLACE != 0
-                && rows.is_multiple_of(TILE_ROWS)
-                && cols.is_multiple_of(crate::quant::i2s::QK_I2_S)
-                && pages::writable_private(addr, data_size)
+                && PackedMatrix::fits_in_place(rows, cols)
+                && region.as_ref().is_some_and(pages::Region::writable_private)
             {
                 // SAFETY: the caller's contract gives data_size bytes at
                 // data, to stay allocated and unwritten while the entry
@@ -96,8 +102,10 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_cache_tensor_ex(
             // SAFETY: the caller's contract gives data_size readable bytes.
             let t = unsafe { std::slice::from_raw_parts(data as *const u8, data_size) };
             let m = PackedMatrix::from_i2s_tensor(t, rows, cols)?;
-            if flags & GGML_BITNET_STFMA_RELEASE_SOURCE != 0 {
-                pages::release_file_pages(addr, data_size);
+            if flags & GGML_BITNET_STFMA_RELEASE_SOURCE != 0
+                && region.as_ref().is_some_and(pages::Region::read_only_file)
+            {
+                pages::release(addr, data_size);
             }
             Ok(to_handle(Registry::global().insert(m, addr)))
         },
@@ -135,20 +143,13 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_tensor_gemm(
         }
         let e = Registry::global().get(handle_id(h)?)?;
         let m = &e.matrix;
-        if first_row < 0 || nrows <= 0 || ncols <= 0 || ldy < nrows {
+        let rows = row_range(first_row, nrows, m.rows())?;
+        if ncols <= 0 || ldy < nrows {
             return Err(Error::invalid(format!(
-                "first_row = {first_row}, nrows = {nrows}, ncols = {ncols}, ldy = {ldy}"
+                "ncols = {ncols}, ldy = {ldy} (nrows = {nrows})"
             )));
         }
-        let (r0, nr, nc, ld) = (first_row as u64, nrows as u64, ncols as usize, ldy as usize);
-        if r0.checked_add(nr).is_none_or(|end| end > m.rows() as u64) {
-            return Err(Error::invalid(format!(
-                "rows {r0}..{} exceed the tensor's {}",
-                r0 + nr,
-                m.rows()
-            )));
-        }
-        let rows = r0 as usize..(r0 + nr) as usize;
+        let (nc, ld) = (ncols as usize, ldy as usize);
         if m.tile_rows() == TILE_ROWS && !rows.start.is_multiple_of(TILE_ROWS) {
             return Err(Error::invalid(format!(
                 "first_row {} is not a multiple of {TILE_ROWS}",
@@ -192,44 +193,58 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_tensor_gemm(
 /// What kind of memory a range is, from `/proc/self/maps` (Linux; elsewhere
 /// nothing is known, so nothing is done in place or released).
 mod pages {
-    /// The mapping that holds `addr..addr+len`: its permissions and whether
-    /// it maps a file.
-    fn mapping(addr: usize, len: usize) -> Option<(String, bool)> {
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        let end = addr.checked_add(len)?;
-        maps.lines().find_map(|line| {
-            let mut f = line.split_whitespace();
-            let (lo, hi) = f.next()?.split_once('-')?;
-            let (lo, hi) = (
-                usize::from_str_radix(lo, 16).ok()?,
-                usize::from_str_radix(hi, 16).ok()?,
-            );
-            if lo > addr || end > hi {
-                return None;
-            }
-            let perms = f.next()?.to_string();
-            let inode = f.nth(2)?;
-            Some((perms, inode != "0"))
-        })
+    /// The mapping that holds a range: its permissions (`rwxp` as the maps
+    /// file writes them) and whether it maps a file.
+    pub struct Region {
+        perms: String,
+        file: bool,
     }
 
-    /// Private writable memory (a heap or anonymous buffer, or a private
-    /// mapping written copy-on-write): safe to rewrite in place.
-    pub fn writable_private(addr: usize, len: usize) -> bool {
-        mapping(addr, len)
-            .is_some_and(|(p, _)| p.as_bytes().get(1) == Some(&b'w') && p.ends_with('p'))
-    }
-
-    /// Drops the whole pages of `addr..addr+len` from the resident set when
-    /// the range lies in a read-only mapping of a file (their contents come
-    /// back from the file if read again). Anything else is left alone.
-    pub fn release_file_pages(addr: usize, len: usize) {
-        let Some((perms, file)) = mapping(addr, len) else {
-            return;
-        };
-        if !file || perms.as_bytes().get(1) != Some(&b'-') {
-            return;
+    impl Region {
+        /// The mapping that holds `addr..addr+len`, if one holds all of it.
+        pub fn of(addr: usize, len: usize) -> Option<Region> {
+            let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+            let end = addr.checked_add(len)?;
+            maps.lines().find_map(|line| {
+                let mut f = line.split_whitespace();
+                let (lo, hi) = f.next()?.split_once('-')?;
+                let (lo, hi) = (
+                    usize::from_str_radix(lo, 16).ok()?,
+                    usize::from_str_radix(hi, 16).ok()?,
+                );
+                if lo > addr || end > hi {
+                    return None;
+                }
+                let perms = f.next()?.to_string();
+                let inode = f.nth(2)?;
+                Some(Region {
+                    perms,
+                    file: inode != "0",
+                })
+            })
         }
+
+        fn writable(&self) -> bool {
+            self.perms.as_bytes().get(1) == Some(&b'w')
+        }
+
+        /// Private writable memory (a heap or anonymous buffer, or a
+        /// private mapping written copy-on-write): safe to rewrite in place.
+        pub fn writable_private(&self) -> bool {
+            self.writable() && self.perms.ends_with('p')
+        }
+
+        /// A read-only mapping of a file: its pages can be dropped and come
+        /// back from the file.
+        pub fn read_only_file(&self) -> bool {
+            self.file && !self.writable()
+        }
+    }
+
+    /// Drops the whole pages of `addr..addr+len`, which lie in a read-only
+    /// file mapping ([`Region::read_only_file`]), from the resident set
+    /// (their contents come back from the file if read again).
+    pub fn release(addr: usize, len: usize) {
         #[cfg(target_os = "linux")]
         {
             // SAFETY: sysconf has no preconditions.
@@ -243,6 +258,8 @@ mod pages {
                 unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
             }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (addr, len);
     }
 }
 
@@ -375,12 +392,19 @@ mod tests {
     #[test]
     fn heap_memory_is_writable_private() {
         let v = vec![0u8; 1 << 20];
+        let heap = pages::Region::of(v.as_ptr() as usize, v.len());
         assert_eq!(
-            pages::writable_private(v.as_ptr() as usize, v.len()),
+            heap.as_ref().is_some_and(pages::Region::writable_private),
             cfg!(target_os = "linux")
         );
+        assert!(!heap.as_ref().is_some_and(pages::Region::read_only_file));
         // A string literal lives in a read-only mapping of the executable.
         let s = "read-only";
-        assert!(!pages::writable_private(s.as_ptr() as usize, s.len()));
+        let lit = pages::Region::of(s.as_ptr() as usize, s.len());
+        assert!(!lit.as_ref().is_some_and(pages::Region::writable_private));
+        assert_eq!(
+            lit.as_ref().is_some_and(pages::Region::read_only_file),
+            cfg!(target_os = "linux")
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
-use super::guard::{code, guard, handle_id, null, slice};
+use super::guard::{code, guard, handle_id, null, row_range, slice};
 use super::registry::Registry;
 use super::{ggml_bitnet_stfma_cache_handle, GGML_BITNET_STFMA_OK};
 use crate::error::Error;
@@ -114,31 +114,14 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_tensor_dot(
         if s.is_null() {
             return Err(null("s"));
         }
-        if nrows <= 0 || first_row < 0 {
-            return Err(Error::invalid(format!(
-                "first_row = {first_row}, nrows = {nrows}"
-            )));
-        }
         let e = Registry::global().get(handle_id(h)?)?;
         let m = &e.matrix;
-        let (r0, nr) = (first_row as u64, nrows as u64);
-        if r0.checked_add(nr).is_none_or(|end| end > m.rows() as u64) {
-            return Err(Error::invalid(format!(
-                "rows {r0}..{} exceed the tensor's {}",
-                r0 + nr,
-                m.rows()
-            )));
-        }
-        poison = nr as usize;
+        let rows = row_range(first_row, nrows, m.rows())?;
+        poison = rows.len();
         // SAFETY: by the caller's contract vy holds cols int8.
         let y = unsafe { slice(vy, m.cols(), "vy")? };
-        let mut dots = vec![0i32; nr as usize];
-        m.dot_rows(
-            kernels::active(),
-            r0 as usize..(r0 + nr) as usize,
-            y,
-            &mut dots,
-        );
+        let mut dots = vec![0i32; rows.len()];
+        m.dot_rows(kernels::active(), rows, y, &mut dots);
         for (i, d) in dots.iter().enumerate() {
             // SAFETY: s holds nrows floats.
             unsafe { *s.add(i) = *d as f32 };
