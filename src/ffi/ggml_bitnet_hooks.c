@@ -69,9 +69,8 @@ static struct stfma_linked *linked_of(const struct ggml_tensor *t) {
     return (void *)l->extra.scales == (void *)l && l->magic == STFMA_MAGIC ? l : NULL;
 }
 
-static void fail(const char *what, const char *name) {
-    fprintf(stderr, "bitnet-stfma: %s (%s): %s\n", what, name ? name : "?",
-            ggml_bitnet_stfma_last_error());
+static void fail(const char *what) {
+    fprintf(stderr, "bitnet-stfma: %s: %s\n", what, ggml_bitnet_stfma_last_error());
     abort();
 }
 
@@ -109,7 +108,7 @@ static void quantize_column(const float *x, int64_t k, int8_t *q, float *scale, 
     if (STFMA_FORK_QUANTIZER != NULL) {
         STFMA_FORK_QUANTIZER(x, q, k, scale, sum);
     } else if (ggml_bitnet_stfma_quantize_activations(x, k, q, scale, sum) != 0) {
-        fail("quantizing activations", NULL);
+        fail("quantizing activations");
     }
 }
 
@@ -173,9 +172,9 @@ void ggml_bitnet_transform_tensor(struct ggml_tensor *tensor) {
           : NULL;
     if (h == NULL) {
         unlock();
-        free(l);
         fprintf(stderr, "bitnet-stfma: %s is left to ggml's own kernel: %s\n", tensor->name,
                 l ? ggml_bitnet_stfma_last_error() : "out of memory");
+        free(l);
         return;
     }
     l->magic = STFMA_MAGIC;
@@ -271,7 +270,7 @@ void ggml_qgemm_lut(int bs, int m, int k, int BK, void *A, void *sign, void *LUT
     }
     const struct stfma_linked *l = (const struct stfma_linked *)Scales;
     if (l == NULL || l->magic != STFMA_MAGIC || bs < 1 || bs > STFMA_MAX_BATCH || m != l->rows || k != l->cols) {
-        fail("qgemm_lut called with arguments it was not set up for", NULL);
+        fail("qgemm_lut called with arguments it was not set up for");
     }
     /* ggml.c offsets qweights by whole tiles of three_k * m / 6 / n_tile_num bytes. */
     const int64_t w_tile = ((int64_t)BK * m / 6) / l->extra.n_tile_num;
@@ -291,6 +290,6 @@ void ggml_qgemm_lut(int bs, int m, int k, int BK, void *A, void *sign, void *LUT
     }
     if (ggml_bitnet_stfma_tensor_gemm(l->handle, tile * l->tile_rows, l->tile_rows, bs, q, scales, sums,
                                       (float *)C, m) != 0) {
-        fail("tile GEMM", NULL);
+        fail("tile GEMM");
     }
 }
