@@ -1002,3 +1002,95 @@ unsafe fn scores_n<const G: usize>(
         }
     }
 }
+
+/// 32 sign bits as 32 byte masks (byte `i` all ones when bit `i` is set).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sign_bytes(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, spread), bit), bit)
+}
+
+/// One TL3 tile ([`crate::quant::tl3`]) against `N` (at most 4) activation
+/// rows, the super-blocks only (the caller adds the tail blocks). Each row's
+/// 32 index bytes give 64 nibbles; `pshufb` looks the codes of each weight
+/// position up in the positive and the negated 16-entry table and the sign
+/// bits choose between them; `vpmaddubsw` multiplies as the I2_S kernels do
+/// (int16 sums of one super-block, at most 6 · 508, then int32). Returns
+/// `out[j][r]`.
+///
+/// # Safety
+/// The CPU supports AVX2; `tile` is readable for `supers * 320` bytes and
+/// each `y[j]` for `supers * 384`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn tl3_tile<const N: usize>(
+    tile: *const u8,
+    supers: usize,
+    y: [*const i8; N],
+) -> [[i32; 4]; N] {
+    use crate::quant::tl3::{SIGNS_AT, SUPER, SUPER_TILE_BYTES, TABLES};
+    assert!(N <= 4, "at most four activation rows");
+    // SAFETY: each table is 32 bytes: the positive half, then the negated.
+    let t: [[__m256i; 2]; 3] = TABLES.map(|tb| unsafe {
+        [
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(tb.as_ptr() as *const __m128i)),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(tb.as_ptr().add(16) as *const __m128i)),
+        ]
+    });
+    let nib = _mm256_set1_epi8(15);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 4]; N];
+    for s in 0..supers {
+        let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
+        for r in 0..4 {
+            let (p, odd) = (r / 2, r % 2);
+            let mut a16 = [_mm256_setzero_si256(); N];
+            for h in 0..2 {
+                let c = 2 * h + p;
+                // SAFETY: chunk c of super-block s is in bounds.
+                let (x, slo, shi) = unsafe {
+                    (
+                        _mm256_loadu_si256(sb.add(64 * c + 32 * odd) as *const __m256i),
+                        (sb.add(SIGNS_AT + 16 * c + 4 * odd) as *const u32).read_unaligned(),
+                        (sb.add(SIGNS_AT + 16 * c + 8 + 4 * odd) as *const u32).read_unaligned(),
+                    )
+                };
+                let lo = _mm256_and_si256(x, nib);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nib);
+                let (mlo, mhi) = (sign_bytes(slo), sign_bytes(shi));
+                let code = |idx: __m256i, m: __m256i, k: usize| {
+                    _mm256_blendv_epi8(
+                        _mm256_shuffle_epi8(t[k][0], idx),
+                        _mm256_shuffle_epi8(t[k][1], idx),
+                        m,
+                    )
+                };
+                let cl = [code(lo, mlo, 0), code(lo, mlo, 1), code(lo, mlo, 2)];
+                let ch = [code(hi, mhi, 0), code(hi, mhi, 1), code(hi, mhi, 2)];
+                for (j, a) in a16.iter_mut().enumerate() {
+                    let ya = y[j].wrapping_add(s * SUPER + 32 * h);
+                    for k in 0..3 {
+                        // SAFETY: super-block s of activation row j is in bounds.
+                        let (al, ah) = unsafe {
+                            (
+                                _mm256_loadu_si256(ya.add(128 * k) as *const __m256i),
+                                _mm256_loadu_si256(ya.add(128 * k + 64) as *const __m256i),
+                            )
+                        };
+                        *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(cl[k], al));
+                        *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(ch[k], ah));
+                    }
+                }
+            }
+            for (acc, a) in acc.iter_mut().zip(&a16) {
+                acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(*a, ones));
+            }
+        }
+    }
+    acc.map(|a| hsum4_i32(a))
+}

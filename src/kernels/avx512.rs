@@ -688,3 +688,95 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     }
     hsum_f32_ggml(acc)
 }
+
+/// Bytes ahead that the one-column [`tl3_tile`] prefetches (as
+/// [`DECODE_AHEAD`] blocks of the I2_S tile).
+const TL3_AHEAD: usize = DECODE_AHEAD * 4 * 32;
+
+/// One TL3 tile ([`crate::quant::tl3`]) against `N` activation rows, the
+/// super-blocks only (the caller adds the tail blocks). Per chunk, one
+/// 64-byte load gives two rows' 32 index bytes; their nibbles, with the sign
+/// bit (from a mask register) as bit 4, index 32-entry tables with `vpermb`,
+/// one per weight position, giving the I2_S codes; `vpdpbusd` multiplies
+/// them as [`tile`] does, each 256-bit activation vector broadcast to both
+/// rows. Returns `out[j][r]`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI/VBMI; `tile` is readable for
+/// `supers * 320` bytes and each `y[j]` for `supers * 384`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+pub unsafe fn tl3_tile<const N: usize>(
+    tile: *const u8,
+    supers: usize,
+    y: [*const i8; N],
+) -> [[i32; 4]; N] {
+    use crate::quant::tl3::{SIGNS_AT, SUPER, SUPER_TILE_BYTES, TABLES};
+    // SAFETY: the tables are 32 bytes each; a 256-bit load fills the low
+    // half of the 64-entry `vpermb` table (indices stay below 32).
+    let t: [__m512i; 3] = TABLES.map(|tb| unsafe {
+        _mm512_castsi256_si512(_mm256_loadu_si256(tb.as_ptr() as *const __m256i))
+    });
+    let nib = _mm512_set1_epi8(15);
+    let sign = _mm512_set1_epi8(16);
+    // Narrow tiles keep one chain per weight position so the `vpdpbusd`
+    // latency does not bound them; wide ones have chains enough.
+    let split = N <= 2;
+    let mut acc = [[[_mm512_setzero_si512(); 3]; N]; 2];
+    for s in 0..supers {
+        let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
+        if N == 1 {
+            for l in 0..5 {
+                _mm_prefetch::<_MM_HINT_T0>(sb.wrapping_add(TL3_AHEAD + 64 * l) as *const i8);
+            }
+        }
+        for h in 0..2 {
+            for p in 0..2 {
+                let c = 2 * h + p;
+                // SAFETY: chunk c of super-block s is in bounds.
+                let (x, klo, khi) = unsafe {
+                    (
+                        _mm512_loadu_si512(sb.add(64 * c) as *const __m512i),
+                        (sb.add(SIGNS_AT + 16 * c) as *const u64).read_unaligned(),
+                        (sb.add(SIGNS_AT + 16 * c + 8) as *const u64).read_unaligned(),
+                    )
+                };
+                let lo = _mm512_and_si512(x, nib);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+                let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
+                let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
+                let cl = t.map(|tk| _mm512_permutexvar_epi8(lo, tk));
+                let ch = t.map(|tk| _mm512_permutexvar_epi8(hi, tk));
+                for j in 0..N {
+                    let ya = y[j].wrapping_add(s * SUPER + 32 * h);
+                    for k in 0..3 {
+                        // SAFETY: super-block s of activation row j is in bounds.
+                        let (al, ah) = unsafe {
+                            (
+                                _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                    ya.add(128 * k) as *const __m256i
+                                )),
+                                _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                    ya.add(128 * k + 64) as *const __m256i
+                                )),
+                            )
+                        };
+                        let a = &mut acc[p][j][if split { k } else { 0 }];
+                        *a = _mm512_dpbusd_epi32(*a, cl[k], al);
+                        *a = _mm512_dpbusd_epi32(*a, ch[k], ah);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [[0i32; 4]; N];
+    for (j, o) in out.iter_mut().enumerate() {
+        let sum = |p: usize| {
+            let a = &acc[p][j];
+            _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), a[2])
+        };
+        let [r0, r1] = hsum_halves(sum(0));
+        let [r2, r3] = hsum_halves(sum(1));
+        *o = [r0, r1, r2, r3];
+    }
+    out
+}

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
 use crate::quant::i2s::{ActQuant, BLOCK_BYTES, QK_I2_S};
+use crate::quant::tl3;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -803,6 +804,103 @@ pub unsafe fn tile_raw<const N: usize>(
     out
 }
 
+/// One TL3 tile ([`crate::quant::tl3`], `shape.tile_bytes()` bytes) against
+/// `N` activation rows of `shape`'s row length: `out[j][r]` is the exact
+/// `Σ code·q` of row `r` and activation row `j`, bit-identical to the I2_S
+/// kernels on the same weights.
+///
+/// # Panics
+/// If `tile` or an activation row is shorter than the shape needs.
+pub fn tl3_tile_with<const N: usize>(
+    k: Kernel,
+    tile: &[u8],
+    shape: tl3::Shape,
+    y: [&[i8]; N],
+) -> [[i32; 4]; N] {
+    let cols = shape.supers * tl3::SUPER + shape.tail * QK_I2_S;
+    assert!(tile.len() >= shape.tile_bytes(), "TL3 tile too short");
+    assert!(
+        y.iter().all(|a| a.len() >= cols),
+        "activation rows shorter than {cols}"
+    );
+    let k = supported_or_scalar(k);
+    if k == Kernel::Scalar || N == 0 {
+        return scalar::tl3_tile(tile, shape, y);
+    }
+    let t = tile.as_ptr();
+    let p = y.map(|a| a.as_ptr());
+    // SAFETY (every call): the kernel is supported and the lengths were
+    // checked above; each covers the super-blocks, then the tail.
+    let mut out = unsafe { tl3_supers(k, t, shape.supers, p) };
+    if shape.tail > 0 {
+        let e0 = shape.supers * tl3::SUPER;
+        let rows: [*const u8; 4] =
+            std::array::from_fn(|r| t.wrapping_add(shape.tail_at() + r * BLOCK_BYTES));
+        let tail = unsafe {
+            tile_raw(
+                k,
+                rows,
+                4 * BLOCK_BYTES,
+                p.map(|a| a.wrapping_add(e0)),
+                shape.tail,
+            )
+        };
+        for (o, t) in out.iter_mut().zip(tail) {
+            for r in 0..4 {
+                o[r] += t[r];
+            }
+        }
+    }
+    out
+}
+
+/// Whether this CPU has the AVX-512 kernel's `vpermb` for TL3 (AVX-512
+/// VBMI; Cascade Lake has VNNI without it).
+pub fn has_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The super-blocks of a TL3 tile with kernel `k` (not scalar).
+///
+/// # Safety
+/// `k` is supported; `t` is readable for `supers * 320` bytes and each
+/// `y[j]` for `supers * 384`.
+unsafe fn tl3_supers<const N: usize>(
+    k: Kernel,
+    t: *const u8,
+    supers: usize,
+    y: [*const i8; N],
+) -> [[i32; 4]; N] {
+    // SAFETY (every arm): by the function's contract.
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if has_vbmi() => unsafe { avx512::tl3_tile(t, supers, y) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 => {
+            let mut out = [[0i32; 4]; N];
+            for j in 0..N {
+                out[j] = unsafe { avx2::tl3_tile(t, supers, [y[j]]) }[0];
+            }
+            out
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => unsafe { neon::tl3_tile(t, supers, y) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDotprod => unsafe { neon::tl3_tile_dp(t, supers, y) },
+        _ => {
+            let shape = tl3::Shape { supers, tail: 0 };
+            let tile = unsafe { std::slice::from_raw_parts(t, shape.tile_bytes()) };
+            let acts = y.map(|a| unsafe { std::slice::from_raw_parts(a, supers * tl3::SUPER) });
+            scalar::tl3_tile(tile, shape, acts)
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -835,6 +933,73 @@ pub(crate) mod tests {
         (0..y.len())
             .map(|e| crate::quant::i2s::code_at(packed, e) as i32 * y[e] as i32)
             .sum()
+    }
+
+    fn tl3_case<const N: usize>(rng: &mut Rng, cols: usize) {
+        let rows: Vec<Vec<u8>> = (0..4)
+            .map(|_| (0..cols).map(|_| (rng.next() % 3) as u8).collect())
+            .collect();
+        let shape = tl3::Shape::new(cols);
+        let mut tile = vec![0u8; shape.tile_bytes()];
+        tl3::pack_tile(std::array::from_fn(|r| &rows[r][..]), shape, &mut tile);
+        // Extremes included: the kernels must hold -128 and 127 exactly.
+        let acts: Vec<Vec<i8>> = (0..N)
+            .map(|j| {
+                (0..cols)
+                    .map(|e| match (e + j) % 97 {
+                        0 => -128,
+                        1 => 127,
+                        _ => rng.next() as i8,
+                    })
+                    .collect()
+            })
+            .collect();
+        let want: [[i32; 4]; N] = std::array::from_fn(|j| {
+            std::array::from_fn(|r| {
+                (0..cols)
+                    .map(|e| i32::from(rows[r][e]) * i32::from(acts[j][e]))
+                    .sum()
+            })
+        });
+        let y: [&[i8]; N] = std::array::from_fn(|j| &acts[j][..]);
+        for k in Kernel::supported() {
+            assert_eq!(
+                tl3_tile_with(k, &tile, shape, y),
+                want,
+                "{} cols {cols} N {N}",
+                k.name()
+            );
+        }
+    }
+
+    #[test]
+    fn tl3_tiles_are_exact_on_every_kernel() {
+        let mut rng = Rng::new(77);
+        for cols in [128, 256, 384, 512, 640, 768, 1152, 2560, 6912] {
+            tl3_case::<1>(&mut rng, cols);
+            tl3_case::<2>(&mut rng, cols);
+            tl3_case::<3>(&mut rng, cols);
+            tl3_case::<4>(&mut rng, cols);
+            tl3_case::<8>(&mut rng, cols);
+        }
+        // All codes 2 against all 127 / all -128: the largest sums.
+        for (code, act) in [(2u8, 127i8), (2, -128), (0, -128)] {
+            let cols = 6912;
+            let row = vec![code; cols];
+            let shape = tl3::Shape::new(cols);
+            let mut tile = vec![0u8; shape.tile_bytes()];
+            tl3::pack_tile([&row[..]; 4], shape, &mut tile);
+            let a = vec![act; cols];
+            let want = i32::from(code) * i32::from(act) * cols as i32;
+            for k in Kernel::supported() {
+                assert_eq!(
+                    tl3_tile_with(k, &tile, shape, [&a[..]]),
+                    [[want; 4]],
+                    "{}",
+                    k.name()
+                );
+            }
+        }
     }
 
     #[test]

@@ -117,6 +117,82 @@ macro_rules! neon_kernels {
 }
 
 neon_kernels!(dot, dot_4rows, dot_4acts, mac_plain);
+
+/// The three weight positions' codes of 16 TL3 groups: 16 nibbles and their
+/// 16 sign bits, looked up in the 32-entry tables with `tbl` (the sign bit
+/// as bit 4 of the index).
+#[inline(always)]
+fn tl3_codes(idx: uint8x16_t, signs: u16, t: &[uint8x16x2_t; 3]) -> [int8x16_t; 3] {
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe {
+        let bits = vcombine_u8(vdup_n_u8(signs as u8), vdup_n_u8((signs >> 8) as u8));
+        let sel = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+        let neg = vandq_u8(vtstq_u8(bits, sel), vdupq_n_u8(16));
+        let i5 = vorrq_u8(idx, neg);
+        t.map(|tk| vreinterpretq_s8_u8(vqtbl2q_u8(tk, i5)))
+    }
+}
+
+macro_rules! neon_tl3 {
+    ($name:ident, $mac:ident $(, $feat:literal)?) => {
+        /// One TL3 tile ([`crate::quant::tl3`]) against `N` activation rows,
+        /// the super-blocks only (the caller adds the tail blocks): `tbl`
+        /// turns each 16 nibbles and sign bits into the codes of the three
+        /// weight positions, multiplied as the I2_S kernels do. Returns
+        /// `out[j][r]`.
+        ///
+        /// # Safety
+        /// `tile` is readable for `supers * 320` bytes and each `y[j]` for
+        /// `supers * 384` (and the CPU has the named feature).
+        $(#[target_feature(enable = $feat)])?
+        pub unsafe fn $name<const N: usize>(
+            tile: *const u8,
+            supers: usize,
+            y: [*const i8; N],
+        ) -> [[i32; 4]; N] {
+            use crate::quant::tl3::{SIGNS_AT, SUPER, SUPER_TILE_BYTES, TABLES};
+            // SAFETY: each table is 32 bytes.
+            let t: [uint8x16x2_t; 3] = TABLES.map(|tb| unsafe { vld1q_u8_x2(tb.as_ptr()) });
+            let nib = vdupq_n_u8(15);
+            let mut acc = [[vdupq_n_s32(0); 4]; N];
+            for s in 0..supers {
+                let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
+                for r in 0..4 {
+                    let (p, odd) = (r / 2, r % 2);
+                    for h in 0..2 {
+                        let c = 2 * h + p;
+                        // SAFETY: chunk c of super-block s is in bounds.
+                        let (slo, shi) = unsafe {
+                            (
+                                (sb.add(SIGNS_AT + 16 * c + 4 * odd) as *const u32).read_unaligned(),
+                                (sb.add(SIGNS_AT + 16 * c + 8 + 4 * odd) as *const u32).read_unaligned(),
+                            )
+                        };
+                        for q in 0..2 {
+                            // SAFETY: as above.
+                            let x = unsafe { vld1q_u8(sb.add(64 * c + 32 * odd + 16 * q)) };
+                            let cl = tl3_codes(vandq_u8(x, nib), (slo >> (16 * q)) as u16, &t);
+                            let ch = tl3_codes(vshrq_n_u8::<4>(x), (shi >> (16 * q)) as u16, &t);
+                            for j in 0..N {
+                                let ya = y[j].wrapping_add(s * SUPER + 32 * h + 16 * q);
+                                for k in 0..3 {
+                                    // SAFETY: super-block s of activation row j is in bounds.
+                                    let (al, ah) = unsafe { (vld1q_s8(ya.add(128 * k)), vld1q_s8(ya.add(128 * k + 64))) };
+                                    acc[j][r] = $mac(acc[j][r], cl[k], al);
+                                    acc[j][r] = $mac(acc[j][r], ch[k], ah);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            acc.map(|a| a.map(|v| vaddvq_s32(v)))
+        }
+    };
+}
+
+neon_tl3!(tl3_tile, mac_plain);
+neon_tl3!(tl3_tile_dp, mac_dot, "dotprod");
 neon_kernels!(dot_dp, dot_4rows_dp, dot_4acts_dp, mac_dot, "dotprod");
 
 /// [`super::scalar::act_max`].

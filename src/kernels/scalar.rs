@@ -8,6 +8,7 @@ use crate::quant::i2s::{BLOCK_BYTES, QK_I2_S};
 use crate::quant::q6k::BlockQ6K;
 use crate::quant::q8_0::BlockQ8_0;
 use crate::quant::q8k::QK_K;
+use crate::quant::tl3;
 use crate::quant::{nearest_int, signed_absmax, Block};
 
 /// Exact `Σ code·q` over one block of 32 packed bytes and 128 activations.
@@ -46,6 +47,53 @@ pub fn dot_4acts(w: &[u8], stride: usize, y: [&[i8]; 4]) -> [i32; 4] {
 /// Four weight rows against `N` activation rows: `out[j][r]`.
 pub fn tile<const N: usize>(w: [&[u8]; 4], stride: usize, y: [&[i8]; N]) -> [[i32; 4]; N] {
     y.map(|act| dot_4rows(w, stride, act))
+}
+
+/// One TL3 tile (four rows, [`crate::quant::tl3`]) against `N` activation
+/// rows: `out[j][r] = Σ code·q`, the super-blocks by table lookup, then the
+/// tail blocks as I2_S.
+pub fn tl3_tile<const N: usize>(t: &[u8], shape: tl3::Shape, y: [&[i8]; N]) -> [[i32; 4]; N] {
+    let mut out = [[0i32; 4]; N];
+    for s in 0..shape.supers {
+        let sb = &t[s * tl3::SUPER_TILE_BYTES..(s + 1) * tl3::SUPER_TILE_BYTES];
+        for c in 0..4 {
+            let (h, p) = (c / 2, c % 2);
+            let signs = |part: usize| {
+                let at = tl3::SIGNS_AT + 16 * c + 8 * part;
+                u64::from_le_bytes(sb[at..at + 8].try_into().expect("8 bytes"))
+            };
+            let (lo_signs, hi_signs) = (signs(0), signs(1));
+            for lane in 0..64 {
+                let (r, i) = (2 * p + lane / 32, lane % 32);
+                let v = sb[64 * c + lane];
+                for (nib, neg, g) in [
+                    (v & 15, lo_signs >> lane & 1, 32 * h + i),
+                    (v >> 4, hi_signs >> lane & 1, 64 + 32 * h + i),
+                ] {
+                    let t = usize::from(nib) + 16 * neg as usize;
+                    for (k, table) in tl3::TABLES.iter().enumerate() {
+                        let code = i32::from(table[t]);
+                        let e = s * tl3::SUPER + k * QK_I2_S + g;
+                        for (o, a) in out.iter_mut().zip(&y) {
+                            o[r] += code * i32::from(a[e]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let tail = shape.tail_at();
+    if shape.tail > 0 {
+        let e0 = shape.supers * tl3::SUPER;
+        let rows: [&[u8]; 4] = std::array::from_fn(|r| &t[tail + r * BLOCK_BYTES..]);
+        let acts = y.map(|a| &a[e0..e0 + shape.tail * QK_I2_S]);
+        for (o, t) in out.iter_mut().zip(tile(rows, 4 * BLOCK_BYTES, acts)) {
+            for r in 0..4 {
+                o[r] += t[r];
+            }
+        }
+    }
+    out
 }
 
 /// The largest `|x|` as f64, at least 1e-5 (NaN ignored): the activation

@@ -13,11 +13,15 @@
 //!
 //! - [`i2s`]: bitnet.cpp's ternary I2_S weights (2-bit codes in 32-byte
 //!   blocks of 128, one f32 scale per tensor) and its I8_S activations.
+//! - [`tl3`]: TL3, the load-time ternary format of 1.67 bits a weight made
+//!   from I2_S (three weights per 4-bit index and sign bit), read through
+//!   table lookups.
 
 pub mod i2s;
 pub mod q6k;
 pub mod q8_0;
 pub mod q8k;
+pub mod tl3;
 
 use half::f16;
 
