@@ -3,7 +3,7 @@
 //! output is `(dot - act_sum) / act_scale * w_scale`.
 
 use crate::kernels::{self, Kernel};
-use crate::packed::{AlignedBytes, PackedMatrix, TILE_ROWS};
+use crate::packed::{AlignedBytes, Layout, PackedMatrix, TILE_ROWS};
 use crate::quant::i2s::{self, ActQuant};
 use crate::threadpool::{DisjointMut, ThreadPool};
 
@@ -249,26 +249,96 @@ pub unsafe fn rows_into(
     }
 }
 
+/// Columns from which a prompt GEMM on TL3 tiles rewrites each block of
+/// rows as I2_S tiles first (where [`kernels::tl3_expands`]); fewer columns
+/// (decode, short batches) read the TL3 tiles directly.
+const TL3_EXPAND_COLS: usize = 8;
+
+thread_local! {
+    /// Room for one block of rows rewritten as I2_S tiles, per thread.
+    static EXPANDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where a block's tiles are read: the matrix itself, or its rows `r0..`
+/// rewritten as I2_S tiles of `nb` blocks.
+enum Tiles<'a> {
+    Matrix,
+    Expanded { bytes: &'a [u8], r0: usize, nb: usize },
+}
+
+impl Tiles<'_> {
+    fn dots<const N: usize>(
+        &self,
+        k: Kernel,
+        w: &PackedMatrix,
+        r: usize,
+        y: [&[i8]; N],
+    ) -> Option<[[i32; 4]; N]> {
+        match *self {
+            Tiles::Matrix => w.tile_dots(k, r, y),
+            Tiles::Expanded { bytes, r0, nb } => {
+                let start = (r - r0) / TILE_ROWS * nb * 128;
+                let rows: [&[u8]; 4] =
+                    std::array::from_fn(|i| &bytes[start + 32 * i..start + nb * 128]);
+                Some(kernels::tile_with(k, rows, 128, y))
+            }
+        }
+    }
+}
+
 /// Rows `r0..r1` (at most [`ROWS_PER_BLOCK`], `r0` on a tile boundary) for
 /// every column, eight columns at a time where there are eight.
 fn block(k: Kernel, w: &PackedMatrix, acts: &impl Columns, r0: usize, r1: usize, out: &Out) {
     let cols = acts.count();
+    if w.layout() == Layout::Tl3 && cols >= TL3_EXPAND_COLS && kernels::tl3_expands(k) {
+        let nb = w.cols() / 128;
+        let tile_bytes = nb * 128;
+        let tiles = (r1 - r0).div_ceil(TILE_ROWS);
+        EXPANDED.with_borrow_mut(|buf| {
+            buf.resize(tiles * tile_bytes, 0);
+            for (t, dst) in buf.chunks_exact_mut(tile_bytes).enumerate() {
+                w.expand_tile(k, r0 + t * TILE_ROWS, dst);
+            }
+            let tiles = Tiles::Expanded {
+                bytes: buf,
+                r0,
+                nb,
+            };
+            block_from(k, w, &tiles, acts, r0, r1, out)
+        })
+    } else {
+        block_from(k, w, &Tiles::Matrix, acts, r0, r1, out)
+    }
+}
+
+fn block_from(
+    k: Kernel,
+    w: &PackedMatrix,
+    tiles: &Tiles,
+    acts: &impl Columns,
+    r0: usize,
+    r1: usize,
+    out: &Out,
+) {
+    let cols = acts.count();
     let mut c = 0;
     while c < cols {
         c += match cols - c {
-            8.. => columns::<8>(k, w, acts, c, r0, r1, out),
-            4..=7 => columns::<4>(k, w, acts, c, r0, r1, out),
-            2 | 3 => columns::<2>(k, w, acts, c, r0, r1, out),
-            _ => columns::<1>(k, w, acts, c, r0, r1, out),
+            8.. => columns::<8>(k, w, tiles, acts, c, r0, r1, out),
+            4..=7 => columns::<4>(k, w, tiles, acts, c, r0, r1, out),
+            2 | 3 => columns::<2>(k, w, tiles, acts, c, r0, r1, out),
+            _ => columns::<1>(k, w, tiles, acts, c, r0, r1, out),
         };
     }
 }
 
 /// Rows `r0..r1` for columns `c..c+N`, through the kernels' register tile
 /// (four rows by `N` columns); returns `N`.
+#[allow(clippy::too_many_arguments)]
 fn columns<const N: usize>(
     k: Kernel,
     w: &PackedMatrix,
+    tiles: &Tiles,
     acts: &impl Columns,
     c: usize,
     r0: usize,
@@ -279,8 +349,7 @@ fn columns<const N: usize>(
     let y: [&[i8]; N] = std::array::from_fn(|j| acts.col(c + j).0);
     let mut r = r0;
     while r < r1 {
-        if let Some((rows, stride)) = w.tile(r) {
-            let d = kernels::tile_with(k, rows, stride, y);
+        if let Some(d) = tiles.dots(k, w, r, y) {
             let n = TILE_ROWS.min(r1 - r);
             for (dj, tj) in dots.iter_mut().zip(&d) {
                 dj[r - r0..r - r0 + n].copy_from_slice(&tj[..n]);

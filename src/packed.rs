@@ -14,6 +14,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::kernels::{self, Kernel};
 use crate::quant::i2s::{self, BLOCK_BYTES, QK_I2_S};
+use crate::quant::tl3;
 
 /// Rows per interleaved tile in the repacked layout.
 pub const TILE_ROWS: usize = 4;
@@ -74,7 +75,59 @@ pub struct PackedMatrix {
     cols: usize,
     tile_rows: usize,
     scale: f32,
+    layout: Layout,
     data: Storage,
+}
+
+/// How a matrix's four-row tiles store the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// I2_S blocks interleaved block by block (2 bits a weight).
+    I2s,
+    /// TL3 ([`crate::quant::tl3`]): 1.67 bits a weight, read through table
+    /// lookups; made at load from I2_S.
+    Tl3,
+}
+
+/// Environment variable that forces the load-time layout of the ternary
+/// weights: `auto` (the dispatcher's choice for the active kernel), `i2s`
+/// or `tl3`.
+pub const LAYOUT_ENV: &str = "BITNET_STFMA_FORMAT";
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::I2s => "i2s",
+            Layout::Tl3 => "tl3",
+        }
+    }
+
+    /// The layout new matrices get: `BITNET_STFMA_FORMAT` if set (an unknown
+    /// name is an error), else the dispatcher's choice for the active
+    /// kernel ([`kernels::prefers_tl3`]).
+    pub fn preferred() -> Result<Layout> {
+        match std::env::var(LAYOUT_ENV) {
+            Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("auto") => {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "i2s" | "i2_s" => Ok(Layout::I2s),
+                    "tl3" => Ok(Layout::Tl3),
+                    _ => Err(Error::invalid(format!(
+                        "{LAYOUT_ENV}={v:?}: expected auto, i2s or tl3"
+                    ))),
+                }
+            }
+            _ => Ok(Self::preferred_for(kernels::active())),
+        }
+    }
+
+    /// The dispatcher's layout for kernel `k`.
+    pub fn preferred_for(k: Kernel) -> Layout {
+        if kernels::prefers_tl3(k) {
+            Layout::Tl3
+        } else {
+            Layout::I2s
+        }
+    }
 }
 
 /// Where a [`PackedMatrix`]'s bytes live.
@@ -108,6 +161,7 @@ impl Storage {
 impl PackedMatrix {
     /// Repacks `rows × cols` weights given as I2_S bytes (`rows*cols/4` of
     /// packed codes, row `r` at byte `r*cols/4`) with tensor scale `scale`.
+    /// The tiles are I2_S ([`Layout::I2s`]).
     pub fn from_i2s(packed: &[u8], rows: usize, cols: usize, scale: f32) -> Result<Self> {
         Self::with_tiles(packed, rows, cols, scale, TILE_ROWS)
     }
@@ -122,11 +176,23 @@ impl PackedMatrix {
     /// multiple of 128 ([`PackedMatrix::cols`] is then the padded length;
     /// activations are padded with zeros to match, see
     /// [`crate::matmul::ActBatch::padded`]).
+    ///
+    /// The layout is [`Layout::preferred`].
     pub fn from_i2s_tensor(tensor: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_i2s_tensor_as(tensor, rows, cols, Layout::preferred()?)
+    }
+
+    /// [`PackedMatrix::from_i2s_tensor`] in layout `layout`.
+    pub fn from_i2s_tensor_as(
+        tensor: &[u8],
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    ) -> Result<Self> {
         if cols.is_multiple_of(QK_I2_S) || cols == 0 {
             let n = check_shape(rows, cols)?;
             let scale = i2s::read_scale(tensor, n)?;
-            return Self::from_i2s(&tensor[..n / 4], rows, cols, scale);
+            return Self::from_i2s_as(&tensor[..n / 4], rows, cols, scale, layout);
         }
         let n = rows
             .checked_mul(cols)
@@ -147,7 +213,72 @@ impl PackedMatrix {
             }
             i2s::pack_codes(&codes, dst)?;
         }
-        Self::from_i2s(&packed, rows, padded, scale)
+        Self::from_i2s_as(&packed, rows, padded, scale, layout)
+    }
+
+    /// [`PackedMatrix::from_i2s`] in layout `layout`.
+    pub fn from_i2s_as(
+        packed: &[u8],
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        layout: Layout,
+    ) -> Result<Self> {
+        match layout {
+            Layout::I2s => Self::with_tiles(packed, rows, cols, scale, TILE_ROWS),
+            Layout::Tl3 => Self::tl3(packed, rows, cols, scale),
+        }
+    }
+
+    /// TL3 tiles made from I2_S rows, the tiles split over up to two
+    /// threads (the conversion is the load's only per-weight work).
+    fn tl3(packed: &[u8], rows: usize, cols: usize, scale: f32) -> Result<Self> {
+        let n = check_shape(rows, cols)?;
+        if packed.len() < n / 4 {
+            return Err(Error::invalid(format!(
+                "{rows}x{cols} I2_S weights need {} bytes, got {}",
+                n / 4,
+                packed.len()
+            )));
+        }
+        let shape = tl3::Shape::new(cols);
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let tb = shape.tile_bytes();
+        let len = tiles
+            .checked_mul(tb)
+            .ok_or_else(|| Error::invalid("packed size overflows"))?;
+        let mut data = AlignedBytes::zeroed(len)?;
+        let row_bytes = cols / 4;
+        let convert = |first: usize, out: &mut [u8]| {
+            for (i, dst) in out.chunks_exact_mut(tb).enumerate() {
+                let t = first + i;
+                let src: [Option<&[u8]>; 4] = std::array::from_fn(|l| {
+                    let r = t * TILE_ROWS + l;
+                    (r < rows).then(|| &packed[r * row_bytes..(r + 1) * row_bytes])
+                });
+                tl3::pack_tile_from_i2s(src, shape, dst);
+            }
+        };
+        let threads = if len >= 1 << 20 {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+        } else {
+            1
+        };
+        let per = tiles.div_ceil(threads);
+        std::thread::scope(|sc| {
+            for (i, part) in data.as_mut_slice().chunks_mut(per * tb).enumerate() {
+                let convert = &convert;
+                sc.spawn(move || convert(i * per, part));
+            }
+        });
+        Ok(PackedMatrix {
+            rows,
+            cols,
+            tile_rows: TILE_ROWS,
+            scale,
+            layout: Layout::Tl3,
+            data: Storage::Owned(data),
+        })
     }
 
     /// One row stored as an aligned copy (a single row has nothing to
@@ -193,6 +324,7 @@ impl PackedMatrix {
             cols,
             tile_rows,
             scale,
+            layout: Layout::I2s,
             data: Storage::Owned(data),
         })
     }
@@ -238,6 +370,7 @@ impl PackedMatrix {
             cols,
             tile_rows: TILE_ROWS,
             scale,
+            layout: Layout::I2s,
             data: Storage::InPlace {
                 ptr: tensor.as_ptr(),
                 len: n / 4,
@@ -268,6 +401,9 @@ impl PackedMatrix {
     pub fn tile_rows(&self) -> usize {
         self.tile_rows
     }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
     /// The repacked bytes.
     pub fn bytes(&self) -> &[u8] {
         self.data.as_slice()
@@ -283,7 +419,11 @@ impl PackedMatrix {
 
     /// Row `r` as a kernel view: the bytes from its first block and the
     /// stride between its blocks.
+    ///
+    /// # Panics
+    /// For a [`Layout::Tl3`] matrix, whose rows are not I2_S blocks.
     pub fn row(&self, r: usize) -> (&[u8], usize) {
+        assert_eq!(self.layout, Layout::I2s, "row views are I2_S blocks");
         assert!(r < self.rows, "row {r} out of {}", self.rows);
         let nb = self.blocks();
         let stride = self.tile_rows * BLOCK_BYTES;
@@ -294,11 +434,42 @@ impl PackedMatrix {
         )
     }
 
-    /// The four rows of the tile that holds row `r0` (a multiple of
+    /// The four rows of the I2_S tile that holds row `r0` (a multiple of
     /// [`TILE_ROWS`]) as kernel views, padding rows (all code 0) included,
-    /// and the stride between their blocks. `None` for a matrix stored
-    /// without tiles (a single cached row).
-    pub fn tile(&self, r0: usize) -> Option<([&[u8]; 4], usize)> {
+    /// and the stride between their blocks.
+    fn i2s_tile(&self, r0: usize) -> ([&[u8]; 4], usize) {
+        let nb = self.blocks();
+        let stride = TILE_ROWS * BLOCK_BYTES;
+        let start = r0 * nb * BLOCK_BYTES;
+        let len = (nb - 1) * stride + BLOCK_BYTES;
+        let d = self.bytes();
+        (
+            std::array::from_fn(|i| {
+                let s = start + i * BLOCK_BYTES;
+                &d[s..s + len]
+            }),
+            stride,
+        )
+    }
+
+    /// The TL3 tile that holds row `r0` and its shape.
+    fn tl3_tile(&self, r0: usize) -> (&[u8], tl3::Shape) {
+        let shape = tl3::Shape::new(self.cols);
+        let tb = shape.tile_bytes();
+        let at = r0 / TILE_ROWS * tb;
+        (&self.bytes()[at..at + tb], shape)
+    }
+
+    /// Exact integer dots of the four rows of the tile that holds row `r0`
+    /// (a multiple of [`TILE_ROWS`]; padding rows included) against `N`
+    /// activation rows: `out[j][r]`, whatever the layout. `None` for a
+    /// matrix stored without tiles (a single cached row).
+    pub fn tile_dots<const N: usize>(
+        &self,
+        k: Kernel,
+        r0: usize,
+        y: [&[i8]; N],
+    ) -> Option<[[i32; 4]; N]> {
         if self.tile_rows != TILE_ROWS {
             return None;
         }
@@ -307,22 +478,42 @@ impl PackedMatrix {
             "tile row {r0} of {}",
             self.rows
         );
-        let nb = self.blocks();
-        let stride = TILE_ROWS * BLOCK_BYTES;
-        let start = r0 * nb * BLOCK_BYTES;
-        let len = (nb - 1) * stride + BLOCK_BYTES;
-        let d = self.bytes();
-        Some((
-            std::array::from_fn(|i| {
-                let s = start + i * BLOCK_BYTES;
-                &d[s..s + len]
-            }),
-            stride,
-        ))
+        Some(match self.layout {
+            Layout::I2s => {
+                let (rows, stride) = self.i2s_tile(r0);
+                kernels::tile_with(k, rows, stride, y)
+            }
+            Layout::Tl3 => {
+                let (t, shape) = self.tl3_tile(r0);
+                kernels::tl3_tile_with(k, t, shape, y)
+            }
+        })
+    }
+
+    /// The TL3 tile that holds row `r0` (a multiple of [`TILE_ROWS`])
+    /// rewritten as an I2_S tile into `out` (`cols / 128 * 128` bytes: block
+    /// `b` of row `r` at `128b + 32r`).
+    ///
+    /// # Panics
+    /// For an I2_S matrix, or a row or room out of range.
+    pub fn expand_tile(&self, k: Kernel, r0: usize, out: &mut [u8]) {
+        assert_eq!(self.layout, Layout::Tl3, "only TL3 tiles are expanded");
+        assert!(
+            r0.is_multiple_of(TILE_ROWS) && r0 < self.rows,
+            "tile row {r0} of {}",
+            self.rows
+        );
+        let (t, shape) = self.tl3_tile(r0);
+        kernels::tl3_expand_with(k, t, shape, out);
     }
 
     /// The codes of row `r`, one per byte (for tests and conversions).
     pub fn row_codes(&self, r: usize, out: &mut [u8]) {
+        if self.layout == Layout::Tl3 {
+            assert!(r < self.rows, "row {r} out of {}", self.rows);
+            let (t, shape) = self.tl3_tile(r - r % TILE_ROWS);
+            return tl3::unpack_row(t, shape, r % TILE_ROWS, out);
+        }
         let (w, stride) = self.row(r);
         for (b, block) in out.chunks_exact_mut(QK_I2_S).enumerate() {
             i2s::unpack_codes(&w[b * stride..b * stride + BLOCK_BYTES], block);
@@ -336,29 +527,31 @@ impl PackedMatrix {
         assert!(rows.end <= self.rows && out.len() >= rows.len());
         let mut r = rows.start;
         while r < rows.end {
-            if self.tile_rows == TILE_ROWS
-                && r.is_multiple_of(TILE_ROWS)
-                && r + TILE_ROWS <= rows.end
-            {
-                let v = [
-                    self.row(r),
-                    self.row(r + 1),
-                    self.row(r + 2),
-                    self.row(r + 3),
-                ];
-                let d = kernels::dot_4rows_with(k, [v[0].0, v[1].0, v[2].0, v[3].0], v[0].1, y);
-                out[r - rows.start..r - rows.start + 4].copy_from_slice(&d);
-                r += 4;
-            } else {
-                let (w, stride) = self.row(r);
-                out[r - rows.start] = kernels::dot_with(k, w, stride, y);
-                r += 1;
+            let r0 = r - r % self.tile_rows;
+            match self.tile_dots(k, r0, [y]) {
+                Some([d]) => {
+                    let n = (r0 + TILE_ROWS).min(rows.end) - r;
+                    out[r - rows.start..r - rows.start + n].copy_from_slice(&d[r - r0..r - r0 + n]);
+                    r += n;
+                }
+                None => {
+                    let (w, stride) = self.row(r);
+                    out[r - rows.start] = kernels::dot_with(k, w, stride, y);
+                    r += 1;
+                }
             }
         }
     }
 
     /// Exact integer dots of row `r` against four activation rows.
     pub fn dot_row_4acts(&self, k: Kernel, r: usize, y: [&[i8]; 4]) -> [i32; 4] {
+        if self.layout == Layout::Tl3 {
+            assert!(r < self.rows, "row {r} out of {}", self.rows);
+            let d = self
+                .tile_dots(k, r - r % TILE_ROWS, y)
+                .expect("TL3 matrices are tiled");
+            return d.map(|dj| dj[r % TILE_ROWS]);
+        }
         let (w, stride) = self.row(r);
         kernels::dot_4acts_with(k, w, stride, y)
     }

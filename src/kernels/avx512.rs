@@ -726,11 +726,13 @@ pub unsafe fn tl3_tile<const N: usize>(
         let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
         if N == 1 {
             for l in 0..5 {
-                _mm_prefetch::<_MM_HINT_T0>(sb.wrapping_add(TL3_AHEAD + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(sb.wrapping_add(TL3_AHEAD + 64 * l) as *const i8);
             }
         }
         for h in 0..2 {
-            for p in 0..2 {
+            // Both row pairs' codes of this half, so that each activation
+            // vector is loaded once for four rows.
+            let codes: [[[__m512i; 3]; 2]; 2] = std::array::from_fn(|p| {
                 let c = 2 * h + p;
                 // SAFETY: chunk c of super-block s is in bounds.
                 let (x, klo, khi) = unsafe {
@@ -744,25 +746,25 @@ pub unsafe fn tl3_tile<const N: usize>(
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
                 let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
                 let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
-                let cl = t.map(|tk| _mm512_permutexvar_epi8(lo, tk));
-                let ch = t.map(|tk| _mm512_permutexvar_epi8(hi, tk));
-                for j in 0..N {
-                    let ya = y[j].wrapping_add(s * SUPER + 32 * h);
-                    for k in 0..3 {
+                [
+                    t.map(|tk| _mm512_permutexvar_epi8(lo, tk)),
+                    t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
+                ]
+            });
+            for j in 0..N {
+                let ya = y[j].wrapping_add(s * SUPER + 32 * h);
+                for k in 0..3 {
+                    for (part, off) in [(0, 0), (1, 64)] {
                         // SAFETY: super-block s of activation row j is in bounds.
-                        let (al, ah) = unsafe {
-                            (
-                                _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                                    ya.add(128 * k) as *const __m256i
-                                )),
-                                _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                                    ya.add(128 * k + 64) as *const __m256i
-                                )),
-                            )
+                        let a = unsafe {
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                ya.add(128 * k + off) as *const __m256i
+                            ))
                         };
-                        let a = &mut acc[p][j][if split { k } else { 0 }];
-                        *a = _mm512_dpbusd_epi32(*a, cl[k], al);
-                        *a = _mm512_dpbusd_epi32(*a, ch[k], ah);
+                        for (p, cp) in codes.iter().enumerate() {
+                            let acc = &mut acc[p][j][if split { k } else { 0 }];
+                            *acc = _mm512_dpbusd_epi32(*acc, cp[part][k], a);
+                        }
                     }
                 }
             }
@@ -779,4 +781,65 @@ pub unsafe fn tl3_tile<const N: usize>(
         *o = [r0, r1, r2, r3];
     }
     out
+}
+
+/// A TL3 tile's super-blocks rewritten as the I2_S tile of the same rows
+/// ([`crate::packed`]'s layout: block `b` of row `r` at `128b + 32r`), so
+/// that a prompt GEMM decodes each tile once and runs [`tile`] on it for
+/// every column. Codes are decoded as in [`tl3_tile`]; the four planes of
+/// an I2_S block are the low and high nibbles of both halves.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VBMI; `tile` is readable for
+/// `supers * 320` bytes and `out` writable for `supers * 3 * 128`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
+pub unsafe fn tl3_expand(tile: *const u8, supers: usize, out: *mut u8) {
+    use crate::quant::tl3::{SIGNS_AT, SUPER_TILE_BYTES, TABLES};
+    // SAFETY: as in `tl3_tile`.
+    let t: [__m512i; 3] = TABLES.map(|tb| unsafe {
+        _mm512_castsi256_si512(_mm256_loadu_si256(tb.as_ptr() as *const __m256i))
+    });
+    let nib = _mm512_set1_epi8(15);
+    let sign = _mm512_set1_epi8(16);
+    for s in 0..supers {
+        let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
+        for p in 0..2 {
+            // codes[h][part][k]: part 0 the low nibbles (plane h), part 1
+            // the high ones (plane 2 + h).
+            let codes: [[[__m512i; 3]; 2]; 2] = std::array::from_fn(|h| {
+                let c = 2 * h + p;
+                // SAFETY: chunk c of super-block s is in bounds.
+                let (x, klo, khi) = unsafe {
+                    (
+                        _mm512_loadu_si512(sb.add(64 * c) as *const __m512i),
+                        (sb.add(SIGNS_AT + 16 * c) as *const u64).read_unaligned(),
+                        (sb.add(SIGNS_AT + 16 * c + 8) as *const u64).read_unaligned(),
+                    )
+                };
+                let lo = _mm512_and_si512(x, nib);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+                let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
+                let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
+                [
+                    t.map(|tk| _mm512_permutexvar_epi8(lo, tk)),
+                    t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
+                ]
+            });
+            for k in 0..3 {
+                // Codes are at most 2, so 16-bit shifts keep each byte's
+                // bits inside it.
+                let b = _mm512_or_si512(
+                    _mm512_or_si512(
+                        _mm512_slli_epi16::<6>(codes[0][0][k]),
+                        _mm512_slli_epi16::<4>(codes[1][0][k]),
+                    ),
+                    _mm512_or_si512(_mm512_slli_epi16::<2>(codes[0][1][k]), codes[1][1][k]),
+                );
+                // SAFETY: block 3s + k of rows 2p and 2p + 1 is in bounds.
+                unsafe {
+                    _mm512_storeu_si512(out.add((3 * s + k) * 128 + 64 * p) as *mut __m512i, b)
+                };
+            }
+        }
+    }
 }

@@ -854,6 +854,56 @@ pub fn tl3_tile_with<const N: usize>(
     out
 }
 
+/// Whether the ternary weights are stored as TL3 ([`crate::quant::tl3`])
+/// rather than I2_S tiles when kernel `k` runs them: the dispatcher's choice
+/// of format, made once at load for both forms (prompt tiles and the decode
+/// row), from the measurements in docs/benchmarks.md ("TL3").
+pub fn prefers_tl3(k: Kernel) -> bool {
+    match k {
+        Kernel::Avx512 => has_vbmi(),
+        _ => false,
+    }
+}
+
+/// Whether a prompt GEMM over TL3 tiles with kernel `k` first rewrites each
+/// tile as the I2_S tile of the same rows ([`tl3_expand_with`]: decoded once,
+/// then the I2_S tile kernel for every column) instead of decoding the TL3
+/// tile again for each group of columns.
+pub fn tl3_expands(k: Kernel) -> bool {
+    k == Kernel::Avx512 && has_vbmi()
+}
+
+/// A TL3 tile rewritten as the I2_S tile of the same four rows: block `b` of
+/// row `r` at `out[128b + 32r..]`, `shape`'s row length / 128 blocks.
+///
+/// # Panics
+/// If `tile` or `out` is shorter than the shape needs.
+pub fn tl3_expand_with(k: Kernel, tile: &[u8], shape: tl3::Shape, out: &mut [u8]) {
+    let nb = 3 * shape.supers + shape.tail;
+    assert!(tile.len() >= shape.tile_bytes(), "TL3 tile too short");
+    assert!(out.len() >= nb * 4 * BLOCK_BYTES, "I2_S tile room too short");
+    let main = 3 * shape.supers * 4 * BLOCK_BYTES;
+    #[cfg(target_arch = "x86_64")]
+    if supported_or_scalar(k) == Kernel::Avx512 && has_vbmi() {
+        // SAFETY: the CPU has the features; both lengths were checked.
+        unsafe { avx512::tl3_expand(tile.as_ptr(), shape.supers, out.as_mut_ptr()) };
+        out[main..nb * 4 * BLOCK_BYTES]
+            .copy_from_slice(&tile[shape.tail_at()..shape.tile_bytes()]);
+        return;
+    }
+    let _ = k;
+    let cols = nb * QK_I2_S;
+    let mut codes = vec![0u8; cols];
+    for r in 0..4 {
+        tl3::unpack_row(tile, shape, r, &mut codes);
+        for (b, block) in codes.chunks_exact(QK_I2_S).enumerate() {
+            let at = (4 * b + r) * BLOCK_BYTES;
+            crate::quant::i2s::pack_codes(block, &mut out[at..at + BLOCK_BYTES])
+                .expect("one whole block of codes");
+        }
+    }
+}
+
 /// Whether this CPU has the AVX-512 kernel's `vpermb` for TL3 (AVX-512
 /// VBMI; Cascade Lake has VNNI without it).
 pub fn has_vbmi() -> bool {
@@ -962,7 +1012,14 @@ pub(crate) mod tests {
             })
         });
         let y: [&[i8]; N] = std::array::from_fn(|j| &acts[j][..]);
+        let mut i2s_tile = vec![0u8; cols];
+        tl3_expand_with(Kernel::Scalar, &tile, shape, &mut i2s_tile);
         for k in Kernel::supported() {
+            let mut expanded = vec![0xA5u8; cols];
+            tl3_expand_with(k, &tile, shape, &mut expanded);
+            assert_eq!(expanded, i2s_tile, "{} expands cols {cols}", k.name());
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &expanded[32 * r..]);
+            assert_eq!(tile_with(k, rows, 128, y), want, "{} expanded", k.name());
             assert_eq!(
                 tl3_tile_with(k, &tile, shape, y),
                 want,

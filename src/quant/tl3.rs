@@ -154,6 +154,68 @@ pub fn pack_tile(codes: [&[u8]; 4], shape: Shape, out: &mut [u8]) {
     }
 }
 
+/// Writes one tile of TL3 straight from the I2_S bytes of its four rows
+/// (`rows[r]`: `cols / 4` bytes; a missing row of a last, partial tile is
+/// `None` and stored as zero bytes), into `out` (`shape.tile_bytes()`): the
+/// load-time conversion, the bytes of [`pack_tile`] without unpacking codes.
+pub fn pack_tile_from_i2s(rows: [Option<&[u8]>; 4], shape: Shape, out: &mut [u8]) {
+    out.fill(0);
+    for s in 0..shape.supers {
+        let base = s * SUPER_TILE_BYTES;
+        for (r, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            let (p, odd) = (r / 2, r % 2);
+            let blk = |k: usize| -> &[u8; BLOCK_BYTES] {
+                let at = (3 * s + k) * BLOCK_BYTES;
+                row[at..at + BLOCK_BYTES].try_into().expect("one block")
+            };
+            let (b0, b1, b2) = (blk(0), blk(1), blk(2));
+            // Plane q of a block holds its elements 32q..32q+32, that is
+            // groups 32q + j of the super-block.
+            let mut idx = [[0u8; 32]; 4];
+            let mut neg = [0u32; 4];
+            for q in 0..4 {
+                let shift = 6 - 2 * q;
+                let mut n = [0u8; 32];
+                for j in 0..32 {
+                    let c0 = (b0[j] >> shift) & 3;
+                    let c1 = (b1[j] >> shift) & 3;
+                    let c2 = (b2[j] >> shift) & 3;
+                    let v = 9 * c0 + 3 * c1 + c2;
+                    let flip = u8::from(v > 13);
+                    idx[q][j] = if v > 13 { 26 - v } else { v };
+                    n[j] = flip;
+                }
+                neg[q] = n
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (j, &f)| acc | u32::from(f) << j);
+            }
+            for h in 0..2 {
+                let c = 2 * h + p;
+                let at = base + 64 * c + 32 * odd;
+                for j in 0..32 {
+                    out[at + j] = idx[h][j] | idx[h + 2][j] << 4;
+                }
+                for high in 0..2 {
+                    let sb = base + SIGNS_AT + 16 * c + 8 * high + 4 * odd;
+                    out[sb..sb + 4].copy_from_slice(&neg[h + 2 * high].to_le_bytes());
+                }
+            }
+        }
+    }
+    let tail = shape.tail_at();
+    for b in 0..shape.tail {
+        for (r, row) in rows.iter().enumerate() {
+            if let Some(row) = row {
+                let src = (3 * shape.supers + b) * BLOCK_BYTES;
+                let at = tail + (4 * b + r) * BLOCK_BYTES;
+                out[at..at + BLOCK_BYTES].copy_from_slice(&row[src..src + BLOCK_BYTES]);
+            }
+        }
+    }
+}
+
 /// The codes of row `r` (0..4) of a TL3 tile, one per byte.
 pub fn unpack_row(tile: &[u8], shape: Shape, r: usize, out: &mut [u8]) {
     let (p, odd) = (r / 2, r % 2);
@@ -223,6 +285,18 @@ mod tests {
                 unpack_row(&tile, shape, r, &mut got);
                 assert_eq!(&got, row, "cols {cols} row {r}");
             }
+            // The load-time conversion from I2_S bytes writes the same tile.
+            let packed: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|row| {
+                    let mut p = vec![0u8; cols / 4];
+                    crate::quant::i2s::pack_codes(row, &mut p).unwrap();
+                    p
+                })
+                .collect();
+            let mut fast = vec![0xA5u8; shape.tile_bytes()];
+            pack_tile_from_i2s(std::array::from_fn(|r| Some(&packed[r][..])), shape, &mut fast);
+            assert_eq!(fast, tile, "cols {cols}");
         }
     }
 }
