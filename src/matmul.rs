@@ -263,7 +263,11 @@ thread_local! {
 /// rewritten as I2_S tiles of `nb` blocks.
 enum Tiles<'a> {
     Matrix,
-    Expanded { bytes: &'a [u8], r0: usize, nb: usize },
+    Expanded {
+        bytes: &'a [u8],
+        r0: usize,
+        nb: usize,
+    },
 }
 
 impl Tiles<'_> {
@@ -299,11 +303,7 @@ fn block(k: Kernel, w: &PackedMatrix, acts: &impl Columns, r0: usize, r1: usize,
             for (t, dst) in buf.chunks_exact_mut(tile_bytes).enumerate() {
                 w.expand_tile(k, r0 + t * TILE_ROWS, dst);
             }
-            let tiles = Tiles::Expanded {
-                bytes: buf,
-                r0,
-                nb,
-            };
+            let tiles = Tiles::Expanded { bytes: buf, r0, nb };
             block_from(k, w, &tiles, acts, r0, r1, out)
         })
     } else {
@@ -474,8 +474,14 @@ mod tests {
         let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() % 3) as u8).collect();
         let mut raw = vec![0; rows * cols / 4];
         i2s::pack_codes(&codes, &mut raw).unwrap();
-        let w = PackedMatrix::from_i2s(&raw, rows, cols, 0.8).unwrap();
-        for ncols in [1usize, 3, 4, 6] {
+        let i2s_w = PackedMatrix::from_i2s(&raw, rows, cols, 0.8).unwrap();
+        let tl3_w = PackedMatrix::from_i2s_as(&raw, rows, cols, 0.8, Layout::Tl3).unwrap();
+        // 1..=6 columns read the tiles directly; 9 and 17 rewrite TL3 tiles
+        // as I2_S where the kernel does.
+        for (w, ncols) in [1usize, 3, 4, 6, 9, 17]
+            .into_iter()
+            .flat_map(|n| [(&i2s_w, n), (&tl3_w, n)])
+        {
             let x: Vec<f32> = (0..cols * ncols)
                 .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
                 .collect();
@@ -493,7 +499,13 @@ mod tests {
                                 .map(|e| codes[r * cols + e] as i32 * q[e] as i32)
                                 .sum();
                             let want = (dot - aq.sum) as f32 / aq.scale * 0.8;
-                            assert_eq!(out[c * rows + r], want, "{} col {c} row {r}", k.name());
+                            assert_eq!(
+                                out[c * rows + r],
+                                want,
+                                "{} {:?} col {c} row {r}",
+                                k.name(),
+                                w.layout()
+                            );
                         }
                     }
                 }

@@ -102,21 +102,27 @@ impl Layout {
         }
     }
 
-    /// The layout new matrices get: `BITNET_STFMA_FORMAT` if set (an unknown
+    /// The model runner's layout: `BITNET_STFMA_FORMAT` if set (an unknown
     /// name is an error), else the dispatcher's choice for the active
     /// kernel ([`kernels::prefers_tl3`]).
     pub fn preferred() -> Result<Layout> {
+        Ok(Self::from_env()?.unwrap_or_else(|| Self::preferred_for(kernels::active())))
+    }
+
+    /// `BITNET_STFMA_FORMAT` when it names a layout (`None` when unset or
+    /// `auto`).
+    pub fn from_env() -> Result<Option<Layout>> {
         match std::env::var(LAYOUT_ENV) {
             Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("auto") => {
                 match v.trim().to_ascii_lowercase().as_str() {
-                    "i2s" | "i2_s" => Ok(Layout::I2s),
-                    "tl3" => Ok(Layout::Tl3),
+                    "i2s" | "i2_s" => Ok(Some(Layout::I2s)),
+                    "tl3" => Ok(Some(Layout::Tl3)),
                     _ => Err(Error::invalid(format!(
                         "{LAYOUT_ENV}={v:?}: expected auto, i2s or tl3"
                     ))),
                 }
             }
-            _ => Ok(Self::preferred_for(kernels::active())),
+            _ => Ok(None),
         }
     }
 
@@ -177,9 +183,9 @@ impl PackedMatrix {
     /// activations are padded with zeros to match, see
     /// [`crate::matmul::ActBatch::padded`]).
     ///
-    /// The layout is [`Layout::preferred`].
+    /// The tiles are I2_S ([`Layout::I2s`]).
     pub fn from_i2s_tensor(tensor: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        Self::from_i2s_tensor_as(tensor, rows, cols, Layout::preferred()?)
+        Self::from_i2s_tensor_as(tensor, rows, cols, Layout::I2s)
     }
 
     /// [`PackedMatrix::from_i2s_tensor`] in layout `layout`.
@@ -543,6 +549,25 @@ impl PackedMatrix {
         }
     }
 
+    /// Exact `Σ code·q` of the first `y.len()` weights of row `r` (a
+    /// multiple of 128, at most the row length).
+    pub fn row_prefix_dot(&self, k: Kernel, r: usize, y: &[i8]) -> i32 {
+        assert!(y.len() <= self.cols, "activation longer than the row");
+        if self.layout == Layout::I2s {
+            let (w, stride) = self.row(r);
+            return kernels::dot_with(k, w, stride, y);
+        }
+        assert!(r < self.rows, "row {r} out of {}", self.rows);
+        let r0 = r - r % TILE_ROWS;
+        if y.len() == self.cols {
+            let [d] = self.tile_dots(k, r0, [y]).expect("TL3 matrices are tiled");
+            return d[r % TILE_ROWS];
+        }
+        let mut tile = vec![0u8; self.cols / 4 * TILE_ROWS];
+        self.expand_tile(k, r0, &mut tile);
+        kernels::dot_with(k, &tile[r % TILE_ROWS * BLOCK_BYTES..], 4 * BLOCK_BYTES, y)
+    }
+
     /// Exact integer dots of row `r` against four activation rows.
     pub fn dot_row_4acts(&self, k: Kernel, r: usize, y: [&[i8]; 4]) -> [i32; 4] {
         if self.layout == Layout::Tl3 {
@@ -591,6 +616,22 @@ mod tests {
             let m = PackedMatrix::from_i2s(&raw, rows, cols, 0.5).unwrap();
             assert_eq!(m.bytes().len(), rows.div_ceil(4) * 4 * cols / 4);
             let y: Vec<i8> = (0..cols).map(|_| rng.next() as i8).collect();
+            rows_match(&m, &raw, &y);
+            let t = PackedMatrix::from_i2s_as(&raw, rows, cols, 0.5, Layout::Tl3).unwrap();
+            assert_eq!(t.layout(), Layout::Tl3);
+            assert_eq!(
+                t.bytes().len(),
+                rows.div_ceil(4) * tl3::Shape::new(cols).tile_bytes()
+            );
+            rows_match(&t, &raw, &y);
+        }
+    }
+
+    /// Every way of reading `m`'s rows gives the scalar kernel's dots on the
+    /// I2_S bytes `raw`, and its codes.
+    fn rows_match(m: &PackedMatrix, raw: &[u8], y: &[i8]) {
+        let (rows, cols) = (m.rows(), m.cols());
+        {
             for k in Kernel::supported() {
                 let mut got = vec![0; rows];
                 m.dot_rows(k, 0..rows, &y, &mut got);
@@ -603,15 +644,28 @@ mod tests {
                         assert_eq!(part[r - 1], want);
                     }
                 }
-                let acts = [&y[..], &y[..], &y[..], &y[..]];
+                let acts = [y, y, y, y];
                 assert_eq!(m.dot_row_4acts(k, rows - 1, acts), [got[rows - 1]; 4]);
             }
             let mut codes = vec![0; cols];
-            m.row_codes(rows - 1, &mut codes);
-            for (e, &c) in codes.iter().enumerate() {
-                assert_eq!(c, i2s::code_at(&raw[(rows - 1) * cols / 4..], e));
+            for r in 0..rows {
+                m.row_codes(r, &mut codes);
+                for (e, &c) in codes.iter().enumerate() {
+                    assert_eq!(c, i2s::code_at(&raw[r * cols / 4..], e), "row {r}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn layout_names_parse() {
+        assert_eq!(Layout::I2s.name(), "i2s");
+        assert_eq!(Layout::Tl3.name(), "tl3");
+        assert_eq!(
+            Layout::preferred_for(Kernel::Scalar),
+            Layout::I2s,
+            "the scalar kernel reads I2_S"
+        );
     }
 
     /// Repacking in place gives the bytes of the aligned copy, and refuses

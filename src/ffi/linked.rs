@@ -11,7 +11,7 @@ use super::{ggml_bitnet_stfma_cache_handle, GGML_BITNET_STFMA_OK};
 use crate::error::Error;
 use crate::kernels;
 use crate::matmul::{self, ActCols};
-use crate::packed::{PackedMatrix, TILE_ROWS};
+use crate::packed::{Layout, PackedMatrix, TILE_ROWS};
 use crate::quant::i2s::ActQuant;
 
 /// `ggml_bitnet_stfma_cache_tensor_ex` flag: repack inside the caller's
@@ -101,7 +101,10 @@ pub unsafe extern "C" fn ggml_bitnet_stfma_cache_tensor_ex(
             }
             // SAFETY: the caller's contract gives data_size readable bytes.
             let t = unsafe { std::slice::from_raw_parts(data as *const u8, data_size) };
-            let m = PackedMatrix::from_i2s_tensor(t, rows, cols)?;
+            // The C ABI's caches stay I2_S (their byte counts are part of
+            // the contract) unless BITNET_STFMA_FORMAT asks for TL3.
+            let layout = Layout::from_env()?.unwrap_or(Layout::I2s);
+            let m = PackedMatrix::from_i2s_tensor_as(t, rows, cols, layout)?;
             if flags & GGML_BITNET_STFMA_RELEASE_SOURCE != 0
                 && region.as_ref().is_some_and(pages::Region::read_only_file)
             {

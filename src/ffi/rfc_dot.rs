@@ -67,8 +67,7 @@ fn dot_entry_prefix(m: &PackedMatrix, y: &[i8]) -> Result<i32> {
             m.cols()
         )));
     }
-    let (w, stride) = m.row(0);
-    Ok(kernels::dot(w, stride, y))
+    Ok(m.row_prefix_dot(kernels::active(), 0, y))
 }
 
 /// The RFC's hybrid dot. What `vx` may be:

@@ -693,8 +693,8 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 /// [`DECODE_AHEAD`] blocks of the I2_S tile).
 const TL3_AHEAD: usize = DECODE_AHEAD * 4 * 32;
 
-/// One TL3 tile ([`crate::quant::tl3`]) against `N` activation rows, the
-/// super-blocks only (the caller adds the tail blocks). Per chunk, one
+/// One TL3 tile ([`crate::quant::tl3`]) against `N` activation rows, its
+/// `tail` I2_S blocks included. Per chunk, one
 /// 64-byte load gives two rows' 32 index bytes; their nibbles, with the sign
 /// bit (from a mask register) as bit 4, index 32-entry tables with `vpermb`,
 /// one per weight position, giving the I2_S codes; `vpdpbusd` multiplies
@@ -703,11 +703,13 @@ const TL3_AHEAD: usize = DECODE_AHEAD * 4 * 32;
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI/VBMI; `tile` is readable for
-/// `supers * 320` bytes and each `y[j]` for `supers * 384`.
+/// `supers * 320 + tail * 128` bytes and each `y[j]` for
+/// `supers * 384 + tail * 128`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 pub unsafe fn tl3_tile<const N: usize>(
     tile: *const u8,
     supers: usize,
+    tail: usize,
     y: [*const i8; N],
 ) -> [[i32; 4]; N] {
     use crate::quant::tl3::{SIGNS_AT, SUPER, SUPER_TILE_BYTES, TABLES};
@@ -766,6 +768,35 @@ pub unsafe fn tl3_tile<const N: usize>(
                             *acc = _mm512_dpbusd_epi32(*acc, cp[part][k], a);
                         }
                     }
+                }
+            }
+        }
+    }
+    // The tail blocks, I2_S as in `tile`: rows 0|1 and 2|3 are 64
+    // contiguous bytes each.
+    let mask = _mm512_set1_epi8(3);
+    for b in 0..tail {
+        let at = tile.wrapping_add(supers * SUPER_TILE_BYTES + b * 128);
+        // SAFETY: tail block b is in bounds.
+        let x = unsafe {
+            [
+                _mm512_loadu_si512(at as *const __m512i),
+                _mm512_loadu_si512(at.add(64) as *const __m512i),
+            ]
+        };
+        for q in 0..4 {
+            let shift = _mm_cvtsi32_si128(6 - 2 * q as i32);
+            let c = x.map(|x| _mm512_and_si512(_mm512_srl_epi16(x, shift), mask));
+            for j in 0..N {
+                // SAFETY: tail block b of activation row j is in bounds.
+                let a = unsafe {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        y[j].add(supers * SUPER + b * 128 + 32 * q) as *const __m256i,
+                    ))
+                };
+                for (p, cp) in c.iter().enumerate() {
+                    let acc = &mut acc[p][j][if split { q % 3 } else { 0 }];
+                    *acc = _mm512_dpbusd_epi32(*acc, *cp, a);
                 }
             }
         }

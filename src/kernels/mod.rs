@@ -829,6 +829,11 @@ pub fn tl3_tile_with<const N: usize>(
     }
     let t = tile.as_ptr();
     let p = y.map(|a| a.as_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if k == Kernel::Avx512 && has_vbmi() {
+        // SAFETY: the CPU has the features; the lengths were checked above.
+        return unsafe { avx512::tl3_tile(t, shape.supers, shape.tail, p) };
+    }
     // SAFETY (every call): the kernel is supported and the lengths were
     // checked above; each covers the super-blocks, then the tail.
     let mut out = unsafe { tl3_supers(k, t, shape.supers, p) };
@@ -881,14 +886,16 @@ pub fn tl3_expands(k: Kernel) -> bool {
 pub fn tl3_expand_with(k: Kernel, tile: &[u8], shape: tl3::Shape, out: &mut [u8]) {
     let nb = 3 * shape.supers + shape.tail;
     assert!(tile.len() >= shape.tile_bytes(), "TL3 tile too short");
-    assert!(out.len() >= nb * 4 * BLOCK_BYTES, "I2_S tile room too short");
+    assert!(
+        out.len() >= nb * 4 * BLOCK_BYTES,
+        "I2_S tile room too short"
+    );
     let main = 3 * shape.supers * 4 * BLOCK_BYTES;
     #[cfg(target_arch = "x86_64")]
     if supported_or_scalar(k) == Kernel::Avx512 && has_vbmi() {
         // SAFETY: the CPU has the features; both lengths were checked.
         unsafe { avx512::tl3_expand(tile.as_ptr(), shape.supers, out.as_mut_ptr()) };
-        out[main..nb * 4 * BLOCK_BYTES]
-            .copy_from_slice(&tile[shape.tail_at()..shape.tile_bytes()]);
+        out[main..nb * 4 * BLOCK_BYTES].copy_from_slice(&tile[shape.tail_at()..shape.tile_bytes()]);
         return;
     }
     let _ = k;
@@ -928,8 +935,6 @@ unsafe fn tl3_supers<const N: usize>(
 ) -> [[i32; 4]; N] {
     // SAFETY (every arm): by the function's contract.
     match k {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if has_vbmi() => unsafe { avx512::tl3_tile(t, supers, y) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::Avx512 => {
             let mut out = [[0i32; 4]; N];

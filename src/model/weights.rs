@@ -14,7 +14,7 @@ use super::ops::Rope;
 use crate::embedding::Matrix;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf, TensorInfo};
-use crate::packed::PackedMatrix;
+use crate::packed::{Layout, PackedMatrix};
 use crate::tokenizer::Tokenizer;
 
 pub(super) struct Layer {
@@ -128,7 +128,9 @@ fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<PackedMatri
             t.ty
         )));
     }
-    PackedMatrix::from_i2s_tensor(data, rows, cols)
+    // The dispatcher's layout for this CPU (TL3 or I2_S tiles), or the
+    // one BITNET_STFMA_FORMAT names.
+    PackedMatrix::from_i2s_tensor_as(data, rows, cols, Layout::preferred()?)
         .map_err(|e| Error::new(e.kind, format!("tensor '{name}': {}", e.message)))
 }
 

@@ -295,7 +295,11 @@ mod tests {
                 })
                 .collect();
             let mut fast = vec![0xA5u8; shape.tile_bytes()];
-            pack_tile_from_i2s(std::array::from_fn(|r| Some(&packed[r][..])), shape, &mut fast);
+            pack_tile_from_i2s(
+                std::array::from_fn(|r| Some(&packed[r][..])),
+                shape,
+                &mut fast,
+            );
             assert_eq!(fast, tile, "cols {cols}");
         }
     }
