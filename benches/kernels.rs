@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bitnet_stfma::kernels::{self, Kernel};
 use bitnet_stfma::matmul::{self, ActBatch};
-use bitnet_stfma::packed::PackedMatrix;
+use bitnet_stfma::packed::{Layout, PackedMatrix};
 use bitnet_stfma::quant::i2s;
 use bitnet_stfma::threadpool::ThreadPool;
 
@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
     for (cols, rows) in SHAPES {
         let (raw, y) = data(rows, cols);
         let packed = PackedMatrix::from_i2s(&raw, rows, cols, 1.0).unwrap();
+        let tl3 = PackedMatrix::from_i2s_as(&raw, rows, cols, 1.0, Layout::Tl3).unwrap();
         let ys: Vec<Vec<i8>> = (0..8)
             .map(|j| y.iter().map(|&v| v.wrapping_add(j)).collect())
             .collect();
@@ -100,6 +101,12 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(k.name(), "cached"), |b| {
                 b.iter(|| {
                     packed.dot_rows(k, 0..rows, &y, &mut out);
+                    black_box(&out);
+                })
+            });
+            g.bench_function(BenchmarkId::new(k.name(), "tl3"), |b| {
+                b.iter(|| {
+                    tl3.dot_rows(k, 0..rows, &y, &mut out);
                     black_box(&out);
                 })
             });
@@ -136,6 +143,14 @@ fn bench(c: &mut Criterion) {
                     }
                 })
             });
+            g.bench_function(BenchmarkId::new(k.name(), "tl3_tile8"), |b| {
+                let acts: [&[i8]; 8] = std::array::from_fn(|j| &ys[j][..]);
+                b.iter(|| {
+                    for r in (0..rows).step_by(4) {
+                        black_box(tl3.tile_dots(k, r, acts));
+                    }
+                })
+            });
         }
         g.finish();
 
@@ -156,6 +171,12 @@ fn bench(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(k.name(), "matmul"), |b| {
                 b.iter(|| {
                     matmul::matmul_with(k, &packed, &acts, &mut y, &pool);
+                    black_box(&y);
+                })
+            });
+            g.bench_function(BenchmarkId::new(k.name(), "tl3_matmul"), |b| {
+                b.iter(|| {
+                    matmul::matmul_with(k, &tl3, &acts, &mut y, &pool);
                     black_box(&y);
                 })
             });

@@ -890,9 +890,9 @@ pub fn tl3_expand_with(k: Kernel, tile: &[u8], shape: tl3::Shape, out: &mut [u8]
         out.len() >= nb * 4 * BLOCK_BYTES,
         "I2_S tile room too short"
     );
-    let main = 3 * shape.supers * 4 * BLOCK_BYTES;
     #[cfg(target_arch = "x86_64")]
     if supported_or_scalar(k) == Kernel::Avx512 && has_vbmi() {
+        let main = 3 * shape.supers * 4 * BLOCK_BYTES;
         // SAFETY: the CPU has the features; both lengths were checked.
         unsafe { avx512::tl3_expand(tile.as_ptr(), shape.supers, out.as_mut_ptr()) };
         out[main..nb * 4 * BLOCK_BYTES].copy_from_slice(&tile[shape.tail_at()..shape.tile_bytes()]);

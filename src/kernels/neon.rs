@@ -154,7 +154,10 @@ macro_rules! neon_tl3 {
             // SAFETY: each table is 32 bytes.
             let t: [uint8x16x2_t; 3] = TABLES.map(|tb| unsafe { vld1q_u8_x2(tb.as_ptr()) });
             let nib = vdupq_n_u8(15);
-            let mut acc = [[vdupq_n_s32(0); 4]; N];
+            // Narrow tiles keep one chain per weight position, so that the
+            // multiply-accumulate latency does not bound them.
+            let split = N <= 2;
+            let mut acc = [[[vdupq_n_s32(0); 3]; 4]; N];
             for s in 0..supers {
                 let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
                 for r in 0..4 {
@@ -178,15 +181,16 @@ macro_rules! neon_tl3 {
                                 for k in 0..3 {
                                     // SAFETY: super-block s of activation row j is in bounds.
                                     let (al, ah) = unsafe { (vld1q_s8(ya.add(128 * k)), vld1q_s8(ya.add(128 * k + 64))) };
-                                    acc[j][r] = $mac(acc[j][r], cl[k], al);
-                                    acc[j][r] = $mac(acc[j][r], ch[k], ah);
+                                    let a = &mut acc[j][r][if split { k } else { 0 }];
+                                    *a = $mac(*a, cl[k], al);
+                                    *a = $mac(*a, ch[k], ah);
                                 }
                             }
                         }
                     }
                 }
             }
-            acc.map(|a| a.map(|v| vaddvq_s32(v)))
+            acc.map(|a| a.map(|v| vaddvq_s32(vaddq_s32(vaddq_s32(v[0], v[1]), v[2]))))
         }
     };
 }

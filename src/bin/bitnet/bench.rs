@@ -9,6 +9,7 @@ use clap::Args;
 
 use bitnet_stfma::kernels;
 use bitnet_stfma::model::{Session, Timings};
+use bitnet_stfma::packed::Layout;
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
@@ -150,11 +151,13 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let t = Instant::now();
     let model = crate::common::open_model(&path, a.head.load_options())?;
     let load_s = t.elapsed().as_secs_f64();
+    // The layout the loader gave the ternary weights.
+    let layout = Layout::preferred().map_err(crate::error::model_err)?;
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;
     let bytes_per_token = model.ternary_bytes() as f64 + head_bytes;
     eprintln!(
-        "model: {} layers, dim {}, vocab {}, head {}; {:.2} GB read per decoded token; loaded in {load_s:.1} s; kernel {}",
+        "model: {} layers, dim {}, vocab {}, head {}; {:.2} GB read per decoded token; loaded in {load_s:.1} s; kernel {}, ternary weights {}",
         c.n_layers,
         c.dim,
         c.vocab_size,
@@ -166,7 +169,8 @@ pub fn bench(a: BenchArgs) -> CliResult {
             model.head_type().to_string()
         },
         bytes_per_token / 1e9,
-        kernels::active().name()
+        kernels::active().name(),
+        layout.name()
     );
 
     eprintln!("measuring memory read bandwidth (1 GiB) ...");
@@ -272,9 +276,10 @@ pub fn bench(a: BenchArgs) -> CliResult {
     if a.json {
         for r in &rows {
             outln!(
-                "{{\"model\":{:?},\"kernel\":\"{}\",\"q8_head\":{},\"q6k_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
+                "{{\"model\":{:?},\"kernel\":\"{}\",\"format\":\"{}\",\"q8_head\":{},\"q6k_head\":{},\"threads\":{},\"depth\":{},\"n_prompt\":{},\"n_gen\":{},\"pp_tok_s\":{:.3},\"tg_tok_s\":{:.3},\"bandwidth_gb_s\":{:.3},\"tg_bound_tok_s\":{:.3},\"bound_fraction\":{:.4},\"ms_per_token\":{{\"ternary\":{:.3},\"lm_head\":{:.3},\"attention\":{:.3},\"other\":{:.3}}},\"peak_rss_mb\":{:.1},\"load_s\":{:.2}}}",
                 path.display().to_string(),
                 kernels::active().name(),
+                layout.name(),
                 model.has_q8_head(),
                 model.has_q6k_head(),
                 r.threads,
