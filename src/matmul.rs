@@ -491,7 +491,7 @@ mod tests {
                 let pool = ThreadPool::new(threads);
                 for k in Kernel::supported() {
                     let mut out = vec![f32::NAN; rows * ncols];
-                    matmul_with(k, &w, &acts, &mut out, &pool);
+                    matmul_with(k, w, &acts, &mut out, &pool);
                     for c in 0..ncols {
                         let (q, aq) = acts.col(c);
                         for r in 0..rows {

@@ -634,11 +634,11 @@ mod tests {
         {
             for k in Kernel::supported() {
                 let mut got = vec![0; rows];
-                m.dot_rows(k, 0..rows, &y, &mut got);
+                m.dot_rows(k, 0..rows, y, &mut got);
                 let mut part = vec![0; rows - 1];
-                m.dot_rows(k, 1..rows, &y, &mut part);
+                m.dot_rows(k, 1..rows, y, &mut part);
                 for r in 0..rows {
-                    let want = kernels::scalar::dot(&raw[r * cols / 4..], 32, &y);
+                    let want = kernels::scalar::dot(&raw[r * cols / 4..], 32, y);
                     assert_eq!(got[r], want, "{} {rows}x{cols} row {r}", k.name());
                     if r > 0 {
                         assert_eq!(part[r - 1], want);

@@ -856,6 +856,7 @@ pub unsafe fn tl3_expand(tile: *const u8, supers: usize, out: *mut u8) {
                     t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
                 ]
             });
+            #[allow(clippy::needless_range_loop)] // k indexes four arrays and the output
             for k in 0..3 {
                 // Codes are at most 2, so 16-bit shifts keep each byte's
                 // bits inside it.
