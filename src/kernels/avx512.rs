@@ -160,10 +160,13 @@ pub unsafe fn dot_4acts(w: *const u8, stride: usize, y: [*const i8; 4], nb: usiz
     acc.map(|a| _mm512_reduce_add_epi32(_mm512_add_epi32(a[0], a[1])))
 }
 
-/// Blocks ahead that the one-column [`tile`] (decode) prefetches: decode
-/// streams every weight once from memory, and the hardware prefetchers stop
-/// at each 4 KiB page. On Zen 5, 2 threads: ternary time per token 5-12%
-/// lower. (The same in the AVX2 four-row dot made no difference there.)
+/// Blocks ahead that the one-column [`tile`] (decode) prefetches into L2:
+/// decode streams every weight once from memory, and the hardware
+/// prefetchers stop at each 4 KiB page. On Zen 5, 2 threads: ternary time per
+/// token 5-12% lower (into L1, as it was then). (The same in the AVX2
+/// four-row dot made no difference there.) Four blocks ahead it prefetches
+/// again into L1: on the Intel Xeon of docs/benchmarks.md the two levels cut
+/// the ternary time of a token by 5-7% against the L1 prefetch alone.
 const DECODE_AHEAD: usize = 16;
 
 /// Four weight rows (a packed tile) against `N` activation rows: the prompt
@@ -193,9 +196,10 @@ pub unsafe fn tile<const N: usize>(
         if N == 1 {
             // Past the tile's end this is the next tile of the layout.
             for r in w {
-                _mm_prefetch::<_MM_HINT_T0>(
+                _mm_prefetch::<_MM_HINT_T1>(
                     r.wrapping_add(off + DECODE_AHEAD * stride) as *const i8
                 );
+                _mm_prefetch::<_MM_HINT_T0>(r.wrapping_add(off + 4 * stride) as *const i8);
             }
         }
         // SAFETY: block b of each row is in bounds.
@@ -689,9 +693,14 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     hsum_f32_ggml(acc)
 }
 
-/// Bytes ahead that the one-column [`tl3_tile`] prefetches (as
-/// [`DECODE_AHEAD`] blocks of the I2_S tile).
+/// Bytes ahead that the one-column [`tl3_tile`] prefetches into L2 (as
+/// [`DECODE_AHEAD`] blocks of the I2_S tile), and then into L1 (two
+/// super-blocks). On the Intel Xeon of docs/benchmarks.md, 1 and 2 threads:
+/// ternary time per token 15% lower than the L1 prefetch alone at the far
+/// distance (46 against 53 ms at one thread); 1 or 4 super-blocks for the
+/// near one were 5% slower.
 const TL3_AHEAD: usize = DECODE_AHEAD * 4 * 32;
+const TL3_NEAR: usize = 2 * crate::quant::tl3::SUPER_TILE_BYTES;
 
 /// One TL3 tile ([`crate::quant::tl3`]) against `N` activation rows, its
 /// `tail` I2_S blocks included. Per chunk, one
@@ -729,6 +738,7 @@ pub unsafe fn tl3_tile<const N: usize>(
         if N == 1 {
             for l in 0..5 {
                 _mm_prefetch::<_MM_HINT_T1>(sb.wrapping_add(TL3_AHEAD + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(sb.wrapping_add(TL3_NEAR + 64 * l) as *const i8);
             }
         }
         for h in 0..2 {
