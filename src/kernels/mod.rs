@@ -937,9 +937,23 @@ unsafe fn tl3_supers<const N: usize>(
     match k {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::Avx512 => {
+            // Four columns a call (the kernel's most), one decode for them.
             let mut out = [[0i32; 4]; N];
-            for j in 0..N {
-                out[j] = unsafe { avx2::tl3_tile(t, supers, [y[j]]) }[0];
+            let mut j = 0;
+            while j < N {
+                let n = (N - j).min(4);
+                let o = &mut out[j..j + n];
+                match n {
+                    1 => o.copy_from_slice(&unsafe { avx2::tl3_tile(t, supers, [y[j]]) }),
+                    2 => o.copy_from_slice(&unsafe { avx2::tl3_tile(t, supers, [y[j], y[j + 1]]) }),
+                    3 => o.copy_from_slice(&unsafe {
+                        avx2::tl3_tile(t, supers, [y[j], y[j + 1], y[j + 2]])
+                    }),
+                    _ => o.copy_from_slice(&unsafe {
+                        avx2::tl3_tile(t, supers, [y[j], y[j + 1], y[j + 2], y[j + 3]])
+                    }),
+                }
+                j += n;
             }
             out
         }
