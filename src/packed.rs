@@ -239,14 +239,7 @@ impl PackedMatrix {
     /// TL3 tiles made from I2_S rows, the tiles split over up to two
     /// threads (the conversion is the load's only per-weight work).
     fn tl3(packed: &[u8], rows: usize, cols: usize, scale: f32) -> Result<Self> {
-        let n = check_shape(rows, cols)?;
-        if packed.len() < n / 4 {
-            return Err(Error::invalid(format!(
-                "{rows}x{cols} I2_S weights need {} bytes, got {}",
-                n / 4,
-                packed.len()
-            )));
-        }
+        check_i2s_bytes(packed, rows, cols)?;
         let shape = tl3::Shape::new(cols);
         let tiles = rows.div_ceil(TILE_ROWS);
         let tb = shape.tile_bytes();
@@ -300,14 +293,7 @@ impl PackedMatrix {
         scale: f32,
         tile_rows: usize,
     ) -> Result<Self> {
-        let n = check_shape(rows, cols)?;
-        if packed.len() < n / 4 {
-            return Err(Error::invalid(format!(
-                "{rows}x{cols} I2_S weights need {} bytes, got {}",
-                n / 4,
-                packed.len()
-            )));
-        }
+        check_i2s_bytes(packed, rows, cols)?;
         let nb = cols / QK_I2_S;
         let tiles = rows.div_ceil(tile_rows);
         let len = tiles
@@ -580,6 +566,19 @@ impl PackedMatrix {
         let (w, stride) = self.row(r);
         kernels::dot_4acts_with(k, w, stride, y)
     }
+}
+
+/// That `packed` holds the I2_S codes of a `rows × cols` matrix.
+fn check_i2s_bytes(packed: &[u8], rows: usize, cols: usize) -> Result<()> {
+    let n = check_shape(rows, cols)?;
+    if packed.len() < n / 4 {
+        return Err(Error::invalid(format!(
+            "{rows}x{cols} I2_S weights need {} bytes, got {}",
+            n / 4,
+            packed.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_shape(rows: usize, cols: usize) -> Result<usize> {

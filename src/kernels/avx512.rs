@@ -693,6 +693,37 @@ pub unsafe fn dot_q6k_q8k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     hsum_f32_ggml(acc)
 }
 
+/// The codes of TL3 chunk `c` of the super-block at `sb`: `[part][k]`, part
+/// 0 from the low nibbles and 1 from the high ones, `k` the weight position.
+/// Each nibble gets its sign bit (from a mask register) as bit 4 and indexes
+/// the 32-entry table of its position with `vpermb`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VBMI; `sb` is readable for 320 bytes.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
+unsafe fn tl3_chunk_codes(sb: *const u8, c: usize, t: &[__m512i; 3]) -> [[__m512i; 3]; 2] {
+    use crate::quant::tl3::SIGNS_AT;
+    // SAFETY: chunk c and its sign words are inside the super-block.
+    let (x, klo, khi) = unsafe {
+        (
+            _mm512_loadu_si512(sb.add(64 * c) as *const __m512i),
+            (sb.add(SIGNS_AT + 16 * c) as *const u64).read_unaligned(),
+            (sb.add(SIGNS_AT + 16 * c + 8) as *const u64).read_unaligned(),
+        )
+    };
+    let nib = _mm512_set1_epi8(15);
+    let sign = _mm512_set1_epi8(16);
+    let lo = _mm512_and_si512(x, nib);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+    let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
+    let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
+    [
+        t.map(|tk| _mm512_permutexvar_epi8(lo, tk)),
+        t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
+    ]
+}
+
 /// Bytes ahead that the one-column [`tl3_tile`] prefetches into L2 (as
 /// [`DECODE_AHEAD`] blocks of the I2_S tile), and then into L1 (two
 /// super-blocks). On the Intel Xeon of docs/benchmarks.md, 1 and 2 threads:
@@ -721,14 +752,12 @@ pub unsafe fn tl3_tile<const N: usize>(
     tail: usize,
     y: [*const i8; N],
 ) -> [[i32; 4]; N] {
-    use crate::quant::tl3::{SIGNS_AT, SUPER, SUPER_TILE_BYTES, TABLES};
+    use crate::quant::tl3::{SUPER, SUPER_TILE_BYTES, TABLES};
     // SAFETY: the tables are 32 bytes each; a 256-bit load fills the low
     // half of the 64-entry `vpermb` table (indices stay below 32).
     let t: [__m512i; 3] = TABLES.map(|tb| unsafe {
         _mm512_castsi256_si512(_mm256_loadu_si256(tb.as_ptr() as *const __m256i))
     });
-    let nib = _mm512_set1_epi8(15);
-    let sign = _mm512_set1_epi8(16);
     // Narrow tiles keep one chain per weight position so the `vpdpbusd`
     // latency does not bound them; wide ones have chains enough.
     let split = N <= 2;
@@ -744,25 +773,9 @@ pub unsafe fn tl3_tile<const N: usize>(
         for h in 0..2 {
             // Both row pairs' codes of this half, so that each activation
             // vector is loaded once for four rows.
-            let codes: [[[__m512i; 3]; 2]; 2] = std::array::from_fn(|p| {
-                let c = 2 * h + p;
-                // SAFETY: chunk c of super-block s is in bounds.
-                let (x, klo, khi) = unsafe {
-                    (
-                        _mm512_loadu_si512(sb.add(64 * c) as *const __m512i),
-                        (sb.add(SIGNS_AT + 16 * c) as *const u64).read_unaligned(),
-                        (sb.add(SIGNS_AT + 16 * c + 8) as *const u64).read_unaligned(),
-                    )
-                };
-                let lo = _mm512_and_si512(x, nib);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
-                let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
-                let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
-                [
-                    t.map(|tk| _mm512_permutexvar_epi8(lo, tk)),
-                    t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
-                ]
-            });
+            // SAFETY: chunks 2h and 2h + 1 of super-block s are in bounds.
+            let codes: [[[__m512i; 3]; 2]; 2] =
+                std::array::from_fn(|p| unsafe { tl3_chunk_codes(sb, 2 * h + p, &t) });
             for j in 0..N {
                 let ya = y[j].wrapping_add(s * SUPER + 32 * h);
                 for k in 0..3 {
@@ -835,37 +848,19 @@ pub unsafe fn tl3_tile<const N: usize>(
 /// `supers * 320` bytes and `out` writable for `supers * 3 * 128`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
 pub unsafe fn tl3_expand(tile: *const u8, supers: usize, out: *mut u8) {
-    use crate::quant::tl3::{SIGNS_AT, SUPER_TILE_BYTES, TABLES};
+    use crate::quant::tl3::{SUPER_TILE_BYTES, TABLES};
     // SAFETY: as in `tl3_tile`.
     let t: [__m512i; 3] = TABLES.map(|tb| unsafe {
         _mm512_castsi256_si512(_mm256_loadu_si256(tb.as_ptr() as *const __m256i))
     });
-    let nib = _mm512_set1_epi8(15);
-    let sign = _mm512_set1_epi8(16);
     for s in 0..supers {
         let sb = tile.wrapping_add(s * SUPER_TILE_BYTES);
         for p in 0..2 {
             // codes[h][part][k]: part 0 the low nibbles (plane h), part 1
             // the high ones (plane 2 + h).
-            let codes: [[[__m512i; 3]; 2]; 2] = std::array::from_fn(|h| {
-                let c = 2 * h + p;
-                // SAFETY: chunk c of super-block s is in bounds.
-                let (x, klo, khi) = unsafe {
-                    (
-                        _mm512_loadu_si512(sb.add(64 * c) as *const __m512i),
-                        (sb.add(SIGNS_AT + 16 * c) as *const u64).read_unaligned(),
-                        (sb.add(SIGNS_AT + 16 * c + 8) as *const u64).read_unaligned(),
-                    )
-                };
-                let lo = _mm512_and_si512(x, nib);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
-                let lo = _mm512_mask_add_epi8(lo, klo, lo, sign);
-                let hi = _mm512_mask_add_epi8(hi, khi, hi, sign);
-                [
-                    t.map(|tk| _mm512_permutexvar_epi8(lo, tk)),
-                    t.map(|tk| _mm512_permutexvar_epi8(hi, tk)),
-                ]
-            });
+            // SAFETY: chunks p and 2 + p of super-block s are in bounds.
+            let codes: [[[__m512i; 3]; 2]; 2] =
+                std::array::from_fn(|h| unsafe { tl3_chunk_codes(sb, 2 * h + p, &t) });
             #[allow(clippy::needless_range_loop)] // k indexes four arrays and the output
             for k in 0..3 {
                 // Codes are at most 2, so 16-bit shifts keep each byte's
