@@ -119,7 +119,7 @@ fn f32_vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     }
 }
 
-fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
+fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize, layout: Layout) -> Result<PackedMatrix> {
     let (t, data) = g.tensor(name)?;
     check_dims(t, &[cols as u64, rows as u64])?;
     if t.ty != GgmlType::I2S {
@@ -128,9 +128,7 @@ fn ternary(g: &Gguf, name: &str, cols: usize, rows: usize) -> Result<PackedMatri
             t.ty
         )));
     }
-    // The dispatcher's layout for this CPU (TL3 or I2_S tiles), or the
-    // one BITNET_STFMA_FORMAT names.
-    PackedMatrix::from_i2s_tensor_as(data, rows, cols, Layout::preferred()?)
+    PackedMatrix::from_i2s_tensor_as(data, rows, cols, layout)
         .map_err(|e| Error::new(e.kind, format!("tensor '{name}': {}", e.message)))
 }
 
@@ -155,6 +153,9 @@ impl Model {
 
     pub fn from_gguf_with(g: Arc<Gguf>, opts: LoadOptions) -> Result<Model> {
         let config = Config::from_gguf(&g)?;
+        // The dispatcher's layout of the ternary weights for this CPU (TL3
+        // or I2_S tiles), or the one BITNET_STFMA_FORMAT names.
+        let layout = Layout::preferred()?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::format(format!(
@@ -226,17 +227,17 @@ impl Model {
             }
             layers.push(Layer {
                 attn_norm: f32_vector(&g, &n("attn_norm"), c.dim)?,
-                wq: ternary(&g, &n("attn_q"), c.dim, c.dim)?,
-                wk: ternary(&g, &n("attn_k"), c.dim, kv)?,
-                wv: ternary(&g, &n("attn_v"), c.dim, kv)?,
-                wo: ternary(&g, &n("attn_output"), c.dim, c.dim)?,
+                wq: ternary(&g, &n("attn_q"), c.dim, c.dim, layout)?,
+                wk: ternary(&g, &n("attn_k"), c.dim, kv, layout)?,
+                wv: ternary(&g, &n("attn_v"), c.dim, kv, layout)?,
+                wo: ternary(&g, &n("attn_output"), c.dim, c.dim, layout)?,
                 attn_sub_norm: sub
                     .then(|| f32_vector(&g, &n("attn_sub_norm"), c.dim))
                     .transpose()?,
                 ffn_norm: f32_vector(&g, &n("ffn_norm"), c.dim)?,
-                w_gate: ternary(&g, &n("ffn_gate"), c.dim, ff)?,
-                w_up: ternary(&g, &n("ffn_up"), c.dim, ff)?,
-                w_down: ternary(&g, &n("ffn_down"), ff, c.dim)?,
+                w_gate: ternary(&g, &n("ffn_gate"), c.dim, ff, layout)?,
+                w_up: ternary(&g, &n("ffn_up"), c.dim, ff, layout)?,
+                w_down: ternary(&g, &n("ffn_down"), ff, c.dim, layout)?,
                 ffn_sub_norm: sub
                     .then(|| f32_vector(&g, &n("ffn_sub_norm"), ff))
                     .transpose()?,
@@ -325,6 +326,11 @@ impl Model {
     /// Whether the 8-bit LM head is in use.
     pub fn has_q8_head(&self) -> bool {
         matches!(self.head.kind(), HeadKind::Q8(_))
+    }
+
+    /// The layout the ternary weights were loaded in.
+    pub fn ternary_layout(&self) -> Layout {
+        self.layers.first().map_or(Layout::I2s, |l| l.wq.layout())
     }
 
     /// Bytes of ternary weights held (repacked).

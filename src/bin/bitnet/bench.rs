@@ -9,7 +9,6 @@ use clap::Args;
 
 use bitnet_stfma::kernels;
 use bitnet_stfma::model::{Session, Timings};
-use bitnet_stfma::packed::Layout;
 use bitnet_stfma::synthetic;
 use bitnet_stfma::threadpool::ThreadPool;
 
@@ -151,8 +150,7 @@ pub fn bench(a: BenchArgs) -> CliResult {
     let t = Instant::now();
     let model = crate::common::open_model(&path, a.head.load_options())?;
     let load_s = t.elapsed().as_secs_f64();
-    // The layout the loader gave the ternary weights.
-    let layout = Layout::preferred().map_err(crate::error::model_err)?;
+    let layout = model.ternary_layout();
     let c = &model.config;
     let head_bytes = model.head_bytes() as f64;
     let bytes_per_token = model.ternary_bytes() as f64 + head_bytes;
